@@ -1,0 +1,42 @@
+"""detect_automl: turn a folder of labelled images into a tuned, saved object detector.
+
+>>> import detect_automl as da                                      # doctest: +SKIP
+>>> train = da.Dataset("datasets/raccoon", format="voc", split="train")  # doctest: +SKIP
+>>> detector = da.fit(train, time_limit=300)                         # doctest: +SKIP
+>>> class_ids, scores, boxes = detector.predict("raccoon.jpg")      # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import fit
+from .config import TrainConfig
+from .data.dataset import Dataset
+from .errors import (
+    DatasetError,
+    DetectAutoMLError,
+    InputError,
+    ModelError,
+    SearchError,
+    TrainingError,
+    WeightsError,
+)
+from .models import list_models
+from .predictor import ObjectDetector
+from .results import Detections
+
+__all__ = [
+    "Dataset",
+    "DatasetError",
+    "DetectAutoMLError",
+    "Detections",
+    "InputError",
+    "ModelError",
+    "ObjectDetector",
+    "SearchError",
+    "TrainConfig",
+    "TrainingError",
+    "WeightsError",
+    "__version__",
+    "fit",
+    "list_models",
+]

@@ -1,0 +1,106 @@
+"""The saved-model directory: model.pt (state_dict), config.json, leaderboard.csv, history.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torchvision
+
+from .errors import ModelError
+from .models import Detector, build
+
+__all__ = ["FORMAT_VERSION", "SavedModel", "save_dir", "load_dir"]
+
+FORMAT_VERSION = 1
+_FILES = ("model.pt", "config.json", "leaderboard.csv", "history.json")
+
+
+def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFrame, history: dict) -> Path:
+    """Write the four files into a temporary sibling directory, then swap it into place."""
+    from . import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    full_config = {"format_version": FORMAT_VERSION, "detect_automl_version": __version__,
+                   "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
+                   **config}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        torch.save(state_dict, tmp / "model.pt")
+        (tmp / "config.json").write_text(json.dumps(full_config, indent=2))
+        leaderboard.to_csv(tmp / "leaderboard.csv", index=False)
+        (tmp / "history.json").write_text(json.dumps(history, indent=2))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+@dataclass
+class SavedModel:
+    """What ``load_dir`` read."""
+
+    detector: Detector
+    config: dict
+    leaderboard: pd.DataFrame
+    history: dict
+
+
+def load_dir(path: Path) -> SavedModel:
+    """Read and check a saved-model directory; rebuild the detector through the registry."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"{path}: no saved model here (not a directory)")
+    missing = [name for name in ("model.pt", "config.json") if not (path / name).is_file()]
+    if missing:
+        raise ModelError(f"{path}: not a detect_automl saved model, missing {', '.join(missing)}")
+    config = _read_config(path / "config.json")
+    try:
+        state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path / 'model.pt'}: cannot load weights (truncated, corrupted or not a "
+                         f"tensor file): {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(state, dict):
+        raise ModelError(f"{path / 'model.pt'}: expected a state_dict, got {type(state).__name__}")
+    detector = build(config["model"], len(config["class_names"]), pretrained=None,
+                     image_size=config.get("image_size"))
+    try:
+        detector.model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ModelError(f"{path / 'model.pt'}: weights do not fit {config['model']} with "
+                         f"{len(config['class_names'])} classes: {str(exc).splitlines()[0]}") from exc
+    leaderboard = pd.read_csv(path / "leaderboard.csv", dtype={"trial_id": str}) if (path / "leaderboard.csv").is_file() else pd.DataFrame()
+    history = json.loads((path / "history.json").read_text()) if (path / "history.json").is_file() else {}
+    return SavedModel(detector, config, leaderboard, history)
+
+
+def _read_config(file: Path) -> dict:
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{file}: unreadable config ({exc})") from exc
+    if not isinstance(config, dict) or "format_version" not in config:
+        raise ModelError(f"{file}: not a detect_automl config (no format_version)")
+    version = config["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelError(f"{file}: format version {version!r} is newer than this detect_automl supports "
+                         f"({FORMAT_VERSION}); upgrade detect_automl")
+    for key in ("model", "class_names", "score_threshold", "hyperparameters"):
+        if key not in config:
+            raise ModelError(f"{file}: config is missing {key!r}")
+    return config

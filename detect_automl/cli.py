@@ -1,0 +1,135 @@
+"""Command line: detect-automl fit | predict | evaluate | inspect."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _dataset(path: str, fmt: str | None, split: str | None):
+    from .data.dataset import Dataset
+
+    return Dataset(path, format=fmt, split=split)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    print(f"{title}: mAP {metrics['map']:.3f}  mAP@50 {metrics['map_50']:.3f}  mAP@75 {metrics['map_75']:.3f}  "
+          f"({metrics['num_images']} images, {metrics['num_ground_truth']} boxes)")
+    for name, ap in metrics["per_class"].items():
+        print(f"  {name:<24} AP {'n/a' if ap is None else f'{ap:.3f}'}")
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from .api import fit
+
+    train = _dataset(args.data, args.format, args.split)
+    val = _dataset(args.data, args.format, args.val_split) if args.val_split else None
+    hyperparameters = {"pretrained": None if args.pretrained == "none" else args.pretrained}
+    if args.model:
+        hyperparameters["model"] = args.model
+    print(f"training on {train!r}" + (f", validating on {len(val)} images" if val is not None else ""))
+    detector = fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
+                   hyperparameters=hyperparameters, output_dir=args.output, seed=args.seed)
+    print(detector.leaderboard().to_string(index=False, max_colwidth=40))
+    if args.test_split:
+        _print_metrics(f"test ({args.test_split})", detector.evaluate(_dataset(args.data, args.format, args.test_split)))
+    print(f"saved model: {detector.path}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .predictor import ObjectDetector
+
+    detector = ObjectDetector.load(args.model)
+    results = detector.predict(list(args.images), score_threshold=args.score_threshold)
+    payload = {str(p): r.to_dict()["detections"] for p, r in zip(args.images, results)}
+    text = json.dumps(payload, indent=2)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "predictions.json").write_text(text)
+        print(f"wrote {Path(args.out) / 'predictions.json'}")
+    else:
+        print(text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .predictor import ObjectDetector
+
+    detector = ObjectDetector.load(args.model)
+    metrics = detector.evaluate(_dataset(args.data, args.format, args.split))
+    _print_metrics(f"{args.data}" + (f" ({args.split})" if args.split else ""), metrics)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    data = _dataset(args.data, args.format, args.split)
+    print(repr(data))
+    print(json.dumps(data.stats(), indent=2))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_args(p: argparse.ArgumentParser, split_help: str) -> None:
+        p.add_argument("data", help="VOC root, COCO json, or COCO root with annotations/instances_<split>.json")
+        p.add_argument("--format", choices=["voc", "coco"], default=None, help="default: detect")
+        p.add_argument("--split", default=None, help=split_help)
+
+    p = sub.add_parser("fit", help="train (and tune) a detector, save it")
+    data_args(p, "training split, e.g. train (default: every image)")
+    p.add_argument("--val-split", default=None, help="validation split (default: hold out 10%% of training)")
+    p.add_argument("--test-split", default=None, help="evaluate the saved model on this split at the end")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole fit")
+    p.add_argument("--num-trials", type=int, default=1)
+    p.add_argument("--preset", default="medium_quality")
+    p.add_argument("--model", default=None, help="a model name (see detect_automl.list_models())")
+    p.add_argument("--pretrained", default="auto", help="auto | coco | imagenet | none | PATH")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="output directory (the saved model goes to OUTPUT/model)")
+    p.set_defaults(func=_fit)
+
+    p = sub.add_parser("predict", help="detect objects in images with a saved model")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--score-threshold", type=float, default=None)
+    p.add_argument("--out", default=None, help="write predictions.json here instead of printing")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("evaluate", help="COCO mAP of a saved model on a labelled dataset")
+    p.add_argument("model", help="saved model directory")
+    data_args(p, "split to evaluate, e.g. test")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("inspect", help="load a dataset and print its statistics")
+    data_args(p, "split to inspect")
+    p.set_defaults(func=_inspect)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``detect-automl`` console script; returns the exit code."""
+    from .errors import DetectAutoMLError
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args)
+    except DetectAutoMLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

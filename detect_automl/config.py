@@ -1,0 +1,82 @@
+"""TrainConfig: the hyperparameters of one training run, merged once in the facade."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import InputError
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of one training run (one trial of a search).
+
+    Attributes:
+        model: a registry name (``detect_automl.models.list_models()``).
+        pretrained: "auto" (COCO weights where they can be had, else from scratch with a
+            warning), "coco", "imagenet", a weights file path, or None (train from scratch).
+        epochs: maximum number of epochs (a time budget may stop earlier).
+        batch_size: images per step.
+        optimizer: "sgd" or "adamw".
+        lr: peak learning rate (after warm-up), cosine-decayed to ``lr * min_lr_ratio``.
+        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: SGD momentum.
+        warmup_steps: linear warm-up steps from ``lr * 0.001``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        grad_clip: max gradient norm (0 disables clipping).
+        image_size: shorter side the model resizes to (ignored by fixed-size SSD models).
+        augment: augmentation strength in [0, 1] (0 disables augmentation).
+        amp: mixed precision on CUDA (ignored on CPU).
+        num_workers: DataLoader worker processes.
+        seed: seeds torch, numpy and data order.
+        eval_every: evaluate on the validation set every N epochs (the last epoch always).
+    """
+
+    model: str = "ssdlite320_mobilenet_v3_large"
+    pretrained: str | None = "auto"
+    epochs: int = 20
+    batch_size: int = 4
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.01
+    grad_clip: float = 10.0
+    image_size: int | None = None
+    augment: float = 0.5
+    amp: bool = True
+    num_workers: int = 0
+    seed: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adamw"):
+            raise InputError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        for name in ("epochs", "batch_size", "eval_every"):
+            if int(getattr(self, name)) < 1:
+                raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise InputError(f"lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise InputError(f"augment must be in [0, 1], got {self.augment!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown hyperparameters {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with ``changes`` applied (validated)."""
+        return TrainConfig.from_dict({**self.to_dict(), **changes})

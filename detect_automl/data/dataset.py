@@ -1,0 +1,201 @@
+"""Dataset: class names plus a list of ImageRecord, read from Pascal VOC or COCO."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatasetError, InputError
+from ._files import check_classes, check_labels
+from .coco import read_coco, write_coco
+from .records import ImageRecord
+from .voc import read_voc, write_voc
+
+__all__ = ["Dataset"]
+
+logger = logging.getLogger(__name__)
+
+_FORMATS = ("voc", "coco")
+
+
+class Dataset:
+    """Class names and image records of one detection dataset (or one split of it).
+
+    Args:
+        path: a VOC root, a COCO instances ``.json`` file, or a COCO root holding
+            ``annotations/instances_<split>.json`` and ``images/``.
+        format: ``"voc"``, ``"coco"`` or None to detect it from the layout (logged).
+        split: VOC ``ImageSets/Main/<split>.txt`` or COCO ``instances_<split>.json``.
+        classes: class names in id order. VOC: default is the sorted union over every annotation
+            file under the root; a name outside the list is an error. COCO: default is every
+            declared category in id order; given, the labels are re-indexed into it by name and
+            a used category outside it is an error.
+        images: COCO only: the folder ``file_name`` is relative to.
+
+    Attributes:
+        classes: class names; ``records[i].labels`` index into it.
+        records: one ImageRecord per image (images without boxes included).
+        root: the path the dataset was read from (None for ``from_records``).
+        format: ``"voc"``, ``"coco"`` or None.
+
+    >>> ds = Dataset("datasets/raccoon", split="train")  # doctest: +SKIP
+    >>> train, val = ds.split(val_fraction=0.2, seed=0)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        format: str | None = None,  # noqa: A002 - the public argument name
+        split: str | None = None,
+        classes: Sequence[str] | None = None,
+        images: str | Path | None = None,
+    ) -> None:
+        path = Path(path)
+        if not path.exists():
+            raise DatasetError(f"{path}: dataset path not found")
+        format = _detect_format(path, split) if format is None else str(format).lower()
+        if format == "voc":
+            if images is not None:
+                raise InputError("images= applies to COCO datasets only (VOC images live in JPEGImages/)")
+            names, records = read_voc(path, split=split, classes=classes)
+        elif format == "coco":
+            names, records, _ = read_coco(_coco_json(path, split), images=images)
+            if classes is not None:
+                names, records = _reindex(names, records, check_classes(classes))
+        else:
+            raise InputError(f"format must be one of {_FORMATS} or None, got {format!r}")
+        self.classes: list[str] = names
+        self.records: list[ImageRecord] = records
+        self.root: Path | None = path
+        self.format: str | None = format
+
+    @classmethod
+    def from_records(
+        cls,
+        records: Sequence[ImageRecord],
+        classes: Sequence[str],
+        root: str | Path | None = None,
+        format: str | None = None,  # noqa: A002
+    ) -> Dataset:
+        """Build a Dataset from records already in memory (labels must index into ``classes``)."""
+        classes = check_classes(classes)
+        records = list(records)
+        check_labels(records, len(classes))
+        ds = cls.__new__(cls)
+        ds.classes, ds.records = classes, records
+        ds.root = Path(root) if root is not None else None
+        ds.format = format
+        return ds
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> ImageRecord:
+        return self.records[index]
+
+    def __iter__(self) -> Iterator[ImageRecord]:
+        return iter(self.records)
+
+    def __repr__(self) -> str:
+        num_boxes = sum(len(r.boxes) for r in self.records)
+        return (
+            f"Dataset(format={self.format!r}, images={len(self)}, boxes={num_boxes}, "
+            f"classes={self.classes}, root={str(self.root) if self.root else None!r})"
+        )
+
+    def split(self, val_fraction: float = 0.1, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """Split into ``(train, val)`` at random, deterministically for a given ``seed``.
+
+        The same seed gives the same split whatever was called before; each part keeps the
+        original record order, and with 2 or more images each part gets at least one.
+
+        Raises:
+            InputError: ``val_fraction`` is not in (0, 1).
+        """
+        if not 0.0 < val_fraction < 1.0:
+            raise InputError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+        n = len(self)
+        num_val = min(max(int(round(n * val_fraction)), 1), n - 1) if n >= 2 else 0
+        order = np.random.default_rng(seed).permutation(n)
+        val_idx = np.sort(order[:num_val])
+        train_idx = np.sort(order[num_val:])
+        return self.subset(train_idx.tolist()), self.subset(val_idx.tolist())
+
+    def subset(self, indices_or_n: int | Sequence[int]) -> Dataset:
+        """A Dataset of the first ``n`` records (int) or of the records at the given indices."""
+        if isinstance(indices_or_n, (int, np.integer)):
+            if indices_or_n < 0:
+                raise InputError(f"subset size must be >= 0, got {indices_or_n}")
+            chosen = self.records[: int(indices_or_n)]
+        else:
+            try:
+                chosen = [self.records[int(i)] for i in indices_or_n]
+            except (IndexError, TypeError, ValueError) as exc:
+                raise InputError(f"subset indices must be integers below {len(self)} ({exc})") from None
+        return Dataset.from_records(chosen, self.classes, root=self.root, format=self.format)
+
+    def stats(self) -> dict:
+        """Counts: ``num_images``, ``num_boxes``, ``boxes_per_class`` {name: n}, ``images_without_boxes``."""
+        labels = np.concatenate([r.labels for r in self.records]) if self.records else np.zeros(0, np.int64)
+        counts = np.bincount(labels, minlength=len(self.classes))
+        return {
+            "num_images": len(self),
+            "num_boxes": int(labels.size),
+            "boxes_per_class": {name: int(c) for name, c in zip(self.classes, counts)},
+            "images_without_boxes": sum(1 for r in self.records if len(r.boxes) == 0),
+        }
+
+    def to_voc(self, root: str | Path, split: str | None = None) -> None:
+        """Write as Pascal VOC under ``root`` (see :func:`detect_automl.data.voc.write_voc`)."""
+        write_voc(self.classes, self.records, root, split=split)
+
+    def to_coco(self, json_path: str | Path, images_dir: str | Path | None = None) -> None:
+        """Write as a COCO instances file (see :func:`detect_automl.data.coco.write_coco`)."""
+        write_coco(self.classes, self.records, json_path, images_dir=images_dir)
+
+
+def _detect_format(path: Path, split: str | None) -> str:
+    """Guess the layout of ``path`` and log what was found."""
+    if path.is_file() and path.suffix.lower() == ".json":
+        found = "coco"
+    elif path.is_dir() and (path / "Annotations").is_dir():
+        found = "voc"
+    elif path.is_dir() and (path / "annotations").is_dir():
+        found = "coco"
+    else:
+        raise DatasetError(
+            f"{path}: cannot detect the dataset format: looked for a COCO .json file, a VOC folder "
+            "with Annotations/, or a COCO folder with annotations/instances_<split>.json; "
+            "pass format='voc' or format='coco'"
+        )
+    logger.info("%s: detected %s dataset%s", path, found.upper(), f" (split {split!r})" if split else "")
+    return found
+
+
+def _coco_json(path: Path, split: str | None) -> Path:
+    """The instances file for ``path``: itself, or ``path/annotations/instances_<split>.json``."""
+    if path.is_file():
+        return path
+    available = sorted(p.stem.removeprefix("instances_") for p in (path / "annotations").glob("instances_*.json"))
+    if split is None:
+        raise DatasetError(f"{path}: a COCO folder needs split= (instances_<split>.json found for: {available})")
+    json_path = path / "annotations" / f"instances_{split}.json"
+    if not json_path.is_file():
+        raise DatasetError(f"{json_path}: not found (splits present: {available or 'none'})")
+    return json_path
+
+
+def _reindex(names: list[str], records: list[ImageRecord], classes: list[str]) -> tuple[list[str], list[ImageRecord]]:
+    """Re-index COCO labels into a given class list (by name)."""
+    position = {name: k for k, name in enumerate(classes)}
+    mapping = np.array([position.get(name, -1) for name in names], dtype=np.int64)
+    for rec in records:
+        new = mapping[rec.labels]
+        if (new < 0).any():
+            missing = names[int(rec.labels[new < 0][0])]
+            raise DatasetError(f"{rec.source}: image {rec.image_id}: class {missing!r} is not in classes {classes}")
+        rec.labels = new
+    return classes, records

@@ -1,0 +1,183 @@
+"""Torch dataset wrapper, box sanitising, collate and DataLoader construction."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, get_worker_info
+
+from ..errors import InputError
+from .dataset import Dataset
+from .image import read_image
+from .records import ImageRecord
+from .transforms import Transform, build_transforms, identity
+
+__all__ = ["DetectionDataset", "sanitize_boxes", "collate", "make_loader"]
+
+MIN_BOX_SIDE = 1.0
+"""Boxes narrower or lower than this many pixels after clipping are dropped (torchvision rejects them)."""
+
+
+def sanitize_boxes(
+    boxes: np.ndarray, labels: np.ndarray, width: float, height: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to a ``width`` x ``height`` image and drop those under 1 px wide or high.
+
+    Non-finite boxes are dropped too. Training and evaluation share this rule.
+
+    Args:
+        boxes: (N, 4) xyxy pixels.
+        labels: (N,) class ids.
+        width, height: size of the decoded image.
+
+    Returns:
+        ``(boxes float32 (M, 4), labels int64 (M,), keep bool (N,))`` where ``keep`` marks the
+        input boxes that survived.
+
+    >>> sanitize_boxes(np.array([[-5, 0, 10, 10], [3, 3, 3, 3]]), np.array([0, 1]), 8, 8)[0]
+    array([[0., 0., 8., 8.]], dtype=float32)
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    finite = np.isfinite(boxes).all(axis=1)
+    clipped = np.where(finite[:, None], boxes, 0.0).astype(np.float32)
+    np.clip(clipped[:, 0::2], 0.0, width, out=clipped[:, 0::2])
+    np.clip(clipped[:, 1::2], 0.0, height, out=clipped[:, 1::2])
+    w = clipped[:, 2] - clipped[:, 0]
+    h = clipped[:, 3] - clipped[:, 1]
+    keep = finite & (w >= MIN_BOX_SIDE) & (h >= MIN_BOX_SIDE)
+    return clipped[keep], labels[keep], keep
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Torch view of a :class:`Dataset`: decoded images and torchvision-style targets.
+
+    Each item is ``(image, target)``: ``image`` float32 (3, H, W) in [0, 1]; ``target`` holds
+    ``boxes`` float32 (N, 4) xyxy pixels, ``labels`` int64 (N,) 0-based class ids and
+    ``image_id`` (the int index in this dataset). Boxes are clipped to the decoded image and
+    those under 1 px wide or high are dropped (see :func:`sanitize_boxes`); one warning per
+    dataset summarises the drops. Images without boxes give ``boxes`` of shape (0, 4).
+
+    Args:
+        dataset: the records to serve.
+        transforms: ``(image, boxes, labels) -> (image, boxes, labels)``; None is the identity.
+    """
+
+    def __init__(self, dataset: Dataset, transforms: Transform | None = None) -> None:
+        self.dataset = dataset
+        self.transforms = transforms or identity
+        self._expected_drops = np.array([_count_drops(r) for r in dataset.records], dtype=np.int64)
+        self._warned = False
+        if self._expected_drops.any():
+            record = dataset[int(np.flatnonzero(self._expected_drops)[0])]
+            example = record.boxes[~_keep_guess(record)][0]
+            self._warn(int(self._expected_drops.sum()), int((self._expected_drops > 0).sum()), record, example)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        record = self.dataset[index]
+        image = read_image(record.path)
+        height, width = image.shape[:2]
+        boxes, labels, keep = sanitize_boxes(record.boxes, record.labels, width, height)
+        dropped = int((~keep).sum())
+        if dropped > self._expected_drops[index] and not self._warned:  # decoded size != annotated
+            self._warn(dropped, 1, record, record.boxes[~keep][0])
+        image, boxes, labels = self.transforms(image, boxes, labels)
+        boxes, labels, _ = sanitize_boxes(boxes, labels, image.shape[1], image.shape[0])
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": int(index)}
+        return tensor, target
+
+    def __repr__(self) -> str:
+        return f"DetectionDataset({self.dataset!r}, transforms={self.transforms!r})"
+
+    def _warn(self, num_boxes: int, num_images: int, record: ImageRecord, box: np.ndarray) -> None:
+        self._warned = True
+        warnings.warn(
+            f"{num_boxes} box(es) in {num_images} image(s) are degenerate or outside the image "
+            f"(under {MIN_BOX_SIDE:g} px wide or high after clipping) and are dropped; e.g. "
+            f"{record.name} box {box.tolist()} ({record.source or record.path})",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _keep_guess(record: ImageRecord) -> np.ndarray:
+    """The sanitiser's keep mask using the annotated size (infinite when unknown)."""
+    width = record.width if record.width > 0 else np.inf
+    height = record.height if record.height > 0 else np.inf
+    return sanitize_boxes(record.boxes, record.labels, width, height)[2]
+
+
+def _count_drops(record: ImageRecord) -> int:
+    return int((~_keep_guess(record)).sum())
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+    """Keep images of different sizes apart: ``(list of images, list of targets)``."""
+    return [item[0] for item in batch], [item[1] for item in batch]
+
+
+def make_loader(
+    dataset: Dataset | DetectionDataset,
+    batch_size: int,
+    train: bool,
+    augment: float = 0.5,
+    num_workers: int = 0,
+    seed: int = 0,
+    shuffle: bool | None = None,
+) -> DataLoader:
+    """Build a seeded DataLoader over a Dataset (wrapped with :func:`build_transforms`).
+
+    Args:
+        dataset: a Dataset, or a DetectionDataset whose own transforms are kept.
+        batch_size: images per batch.
+        train: augment (with strength ``augment``), shuffle by default, and drop an incomplete
+            last batch when the dataset holds more than one batch.
+        augment: augmentation strength in [0, 1] (ignored when ``train`` is False).
+        num_workers: loader processes (0 loads in the calling process); workers persist.
+        seed: seeds the shuffling and the augmentations (each worker gets its own stream).
+        shuffle: None means ``train``.
+
+    Returns:
+        A DataLoader yielding ``(list of images, list of targets)``.
+
+    Raises:
+        InputError: ``batch_size`` < 1 or ``num_workers`` < 0.
+    """
+    if int(batch_size) < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if int(num_workers) < 0:
+        raise InputError(f"num_workers must be >= 0, got {num_workers}")
+    if not isinstance(dataset, DetectionDataset):
+        dataset = DetectionDataset(dataset, build_transforms(train, augment, seed=seed))
+    generator = torch.Generator()
+    generator.manual_seed(int(seed))
+    return DataLoader(
+        dataset,
+        batch_size=int(batch_size),
+        shuffle=train if shuffle is None else bool(shuffle),
+        num_workers=int(num_workers),
+        collate_fn=collate,
+        generator=generator,
+        worker_init_fn=_seed_worker if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+        drop_last=bool(train) and len(dataset) > batch_size,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed numpy, random and the worker's copy of the transforms from torch's per-worker seed."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = get_worker_info()
+    reseed = getattr(getattr(info.dataset, "transforms", None), "reseed", None) if info else None
+    if reseed is not None:
+        reseed(seed)

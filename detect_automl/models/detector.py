@@ -1,0 +1,63 @@
+"""Detector: a torchvision detection model behind 0-based class ids (the one place for the offset)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .registry import ModelSpec
+
+__all__ = ["Detector"]
+
+
+class Detector(nn.Module):
+    """Wraps a torchvision detector so callers see 0-based class ids.
+
+    torchvision's Faster R-CNN and SSD heads reserve class 0 for background (a dataset labelled 0
+    would train a model that predicts nothing, pytorch/vision#1952); RetinaNet does not. The shift
+    is added to training targets and removed from predictions here, and nowhere else.
+
+    In training mode ``forward(images, targets)`` returns torchvision's loss dict; in eval mode
+    ``forward(images)`` returns one dict per image with ``boxes`` (xyxy, pixels of that input
+    image), ``scores`` and 0-based ``labels``.
+    """
+
+    def __init__(self, model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.num_classes = num_classes
+        self.label_offset = spec.label_offset
+
+    def to_model_targets(self, targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """0-based class ids -> torchvision's label space."""
+        return [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
+
+    def from_model_outputs(self, outputs: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
+        """torchvision's label space -> 0-based class ids (background never reaches callers)."""
+        results = []
+        for out in outputs:
+            labels = out["labels"] - self.label_offset
+            keep = labels >= 0
+            results.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
+        return results
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            return self.model(images, self.to_model_targets(targets))
+        return self.from_model_outputs(self.model(images))
+
+    @torch.no_grad()
+    def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Eval-mode forward without gradients (restores the previous mode)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(images)
+        finally:
+            self.train(was_training)

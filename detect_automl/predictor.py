@@ -1,0 +1,142 @@
+"""ObjectDetector: a trained detector with its classes, config and search results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import TrainConfig
+from .data.dataset import Dataset
+from .data.loader import make_loader
+from .engine.evaluate import evaluate as _evaluate
+from .engine.trial import default_device
+from .errors import InputError
+from .models import Detector
+from .results import Detections
+from . import _inputs, _saving
+
+__all__ = ["ObjectDetector"]
+
+
+class ObjectDetector:
+    """A trained object detector: predict, evaluate, save, load.
+
+    Made by :func:`detect_automl.fit` or :meth:`ObjectDetector.load`; needs no Ray.
+
+    >>> detector = ObjectDetector.load("raccoon_model")        # doctest: +SKIP
+    >>> class_ids, scores, boxes = detector.predict("raccoon.jpg")  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        detector: Detector,
+        class_names: Sequence[str],
+        config: TrainConfig,
+        *,
+        score_threshold: float = 0.25,
+        leaderboard: pd.DataFrame | None = None,
+        history: dict[str, list[dict]] | None = None,
+        metrics: dict | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        self.model = detector
+        self.class_names = list(class_names)
+        self.config = config
+        self.score_threshold = float(score_threshold)
+        self._leaderboard = leaderboard if leaderboard is not None else pd.DataFrame()
+        self.history = history or {}
+        self.metrics = metrics or {}
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model.to(self.device).eval()
+
+    @property
+    def model_name(self) -> str:
+        """Registry name of the underlying torchvision detector."""
+        return self.config.model
+
+    def leaderboard(self) -> pd.DataFrame:
+        """Trials of the search that made this detector, best first (a copy)."""
+        return self._leaderboard.copy()
+
+    def predict(
+        self,
+        images: Any,
+        *,
+        score_threshold: float | None = None,
+        batch_size: int = 8,
+    ) -> Detections | list[Detections]:
+        """Detect objects in one image or a list of images.
+
+        Args:
+            images: a path, a numpy HxWx3 RGB uint8 array, a PIL image, or a list of these.
+            score_threshold: drop detections scoring below this (default: ``self.score_threshold``).
+            batch_size: images per forward pass.
+
+        Returns:
+            Detections (boxes in original-image pixels) for one input; a list for a list.
+
+        >>> class_ids, scores, boxes = detector.predict("apple.jpg")  # doctest: +SKIP
+        """
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if not items:
+            raise InputError("predict() got an empty list of images")
+        if int(batch_size) < 1:
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
+        threshold = self.score_threshold if score_threshold is None else float(score_threshold)
+        results: list[Detections] = []
+        for start in range(0, len(items), int(batch_size)):
+            arrays = [_inputs.to_rgb_array(item, start + i) for i, item in enumerate(items[start:start + batch_size])]
+            tensors = [torch.from_numpy(a).to(self.device).permute(2, 0, 1).float().div_(255.0) for a in arrays]
+            for out in self.model.predict(tensors):
+                keep = out["scores"] >= threshold
+                results.append(Detections(out["labels"][keep].cpu().numpy(), out["scores"][keep].cpu().numpy(),
+                                          out["boxes"][keep].cpu().numpy(), self.class_names))
+        return results[0] if single else results
+
+    def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False) -> dict:
+        """COCO metrics on a labelled dataset: map, map_50, map_75, per_class ({name: AP}), counts.
+
+        The dataset's classes are matched to the model's by name; a class the model does not
+        know is an error that names it.
+        """
+        data = _inputs.match_classes(data, self.class_names)
+        loader = make_loader(data, batch_size, train=False)
+        return _evaluate(self.model, loader, self.class_names, self.device, progress=progress)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``model.pt`` (state_dict), ``config.json``, ``leaderboard.csv`` and ``history.json``.
+
+        The directory is written atomically: an interrupted save leaves any previous one intact.
+        """
+        config = {
+            "model": self.config.model,
+            "class_names": self.class_names,
+            "image_size": self.config.image_size,
+            "score_threshold": self.score_threshold,
+            "hyperparameters": self.config.to_dict(),
+            "metrics": {k: v for k, v in self.metrics.items() if k != "seconds"},
+        }
+        return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> ObjectDetector:
+        """Load a directory written by :meth:`save` (tensors only, ``weights_only=True``; no Ray).
+
+        Raises:
+            ModelError: missing, truncated or foreign files, or a newer format version.
+        """
+        saved = _saving.load_dir(Path(path))
+        config = TrainConfig.from_dict({**saved.config["hyperparameters"], "pretrained": None})
+        return cls(saved.detector, saved.config["class_names"], config,
+                   score_threshold=saved.config["score_threshold"], leaderboard=saved.leaderboard,
+                   history=saved.history, metrics=saved.config.get("metrics", {}), device=device)
+
+    def __repr__(self) -> str:
+        score = f", val mAP {self.metrics['map']:.3f}" if "map" in self.metrics else ""
+        return f"ObjectDetector({self.model_name}, {len(self.class_names)} classes{score})"

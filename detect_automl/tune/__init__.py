@@ -1,0 +1,1 @@
+"""Hyperparameter search with Ray Tune. Ray is imported lazily, inside search only."""

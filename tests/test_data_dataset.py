@@ -1,0 +1,172 @@
+"""The Dataset container: format detection, splits, subsets, stats and conversions, on real data."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from detect_automl.data import Dataset, ImageRecord
+from detect_automl.errors import DatasetError, InputError
+
+
+@pytest.fixture(scope="module")
+def raccoon_val(datasets_dir) -> Dataset:
+    return Dataset(datasets_dir / "raccoon", split="val")
+
+
+@pytest.mark.parametrize(
+    ("path", "split", "fmt", "images", "boxes"),
+    [
+        ("raccoon", "train", "voc", 144, 156),
+        ("fruits_nuts", "train", "coco", 14, 128),
+        ("fruits_nuts/annotations/instances_test.json", None, "coco", 2, 20),
+        ("fruits_nuts/annotations/trainval.json", None, "coco", 18, 165),
+    ],
+)
+def test_format_detection_and_counts(datasets_dir, caplog, path, split, fmt, images, boxes):
+    with caplog.at_level(logging.INFO, logger="detect_automl"):
+        ds = Dataset(datasets_dir / path, split=split)
+    assert ds.format == fmt
+    assert f"detected {fmt.upper()}" in caplog.text
+    assert len(ds) == images and ds.stats()["num_boxes"] == boxes
+    assert ds.root == datasets_dir / path
+    assert f"images={images}" in repr(ds) and f"boxes={boxes}" in repr(ds)
+
+
+def test_explicit_format_matches_detection(datasets_dir):
+    detected = Dataset(datasets_dir / "fruits_nuts", split="val")
+    explicit = Dataset(datasets_dir / "fruits_nuts", format="coco", split="val")
+    assert explicit.classes == detected.classes == ["date", "fig", "hazelnut"]
+    assert [r.image_id for r in explicit] == [r.image_id for r in detected]
+
+
+def test_undetectable_layout_says_what_it_looked_for(tmp_path):
+    with pytest.raises(DatasetError, match=r"Annotations/.*annotations/instances_<split>\.json"):
+        Dataset(tmp_path)
+    with pytest.raises(DatasetError, match="not found"):
+        Dataset(tmp_path / "absent")
+    with pytest.raises(InputError, match="format must be"):
+        Dataset(tmp_path, format="yolo")
+
+
+def test_coco_root_needs_a_split(datasets_dir):
+    with pytest.raises(DatasetError, match=r"needs split=.*'test', 'train', 'val'"):
+        Dataset(datasets_dir / "fruits_nuts")
+    with pytest.raises(DatasetError, match=r"instances_nope\.json: not found"):
+        Dataset(datasets_dir / "fruits_nuts", split="nope")
+
+
+def test_classes_identical_across_splits(datasets_dir):
+    for name in ("bccd", "fruits_nuts"):
+        splits = [Dataset(datasets_dir / name, split=s) for s in ("train", "val", "test")]
+        assert splits[0].classes == splits[1].classes == splits[2].classes
+
+
+def test_sequence_protocol(raccoon_val):
+    assert len(raccoon_val) == 16
+    assert isinstance(raccoon_val[0], ImageRecord)
+    assert raccoon_val[-1] is raccoon_val.records[-1]
+    assert [r.image_id for r in raccoon_val] == [r.image_id for r in raccoon_val.records]
+
+
+def test_stats_match_source_table(datasets_dir):
+    stats = Dataset(datasets_dir / "bccd", split="train").stats()
+    assert stats == {
+        "num_images": 205,
+        "num_boxes": 2805,
+        "boxes_per_class": {"Platelets": 209, "RBC": 2382, "WBC": 214},
+        "images_without_boxes": 0,
+    }
+
+
+def test_stats_count_negatives_and_unused_classes(raccoon_val):
+    ds = Dataset.from_records(raccoon_val.records[:3] + [ImageRecord(raccoon_val[3].path)], ["raccoon", "cat"])
+    stats = ds.stats()
+    assert stats["images_without_boxes"] == 1 and stats["boxes_per_class"]["cat"] == 0
+    assert stats["num_images"] == 4
+
+
+def test_split_is_deterministic_and_disjoint(datasets_dir):
+    ds = Dataset(datasets_dir / "bccd", split="val")
+    train, val = ds.split(val_fraction=0.2, seed=3)
+    ds.split(val_fraction=0.5, seed=11)  # other calls in between change nothing
+    np.random.seed(123)
+    train2, val2 = ds.split(val_fraction=0.2, seed=3)
+    ids = lambda d: [r.image_id for r in d]  # noqa: E731
+    assert ids(train) == ids(train2) and ids(val) == ids(val2)
+    assert len(val) == round(87 * 0.2) and len(train) + len(val) == 87
+    assert not set(ids(train)) & set(ids(val))
+    assert set(ids(train)) | set(ids(val)) == set(ids(ds))
+    assert ids(ds.split(0.2, seed=4)[1]) != ids(val)
+    assert train.classes == val.classes == ds.classes
+
+
+def test_split_keeps_one_image_each_side(raccoon_val):
+    for fraction in (0.01, 0.99):
+        train, val = raccoon_val.subset(2).split(val_fraction=fraction)
+        assert len(train) == len(val) == 1
+    with pytest.raises(InputError):
+        raccoon_val.split(val_fraction=1.0)
+
+
+def test_subset_by_count_and_indices(raccoon_val):
+    assert [r.image_id for r in raccoon_val.subset(3)] == [r.image_id for r in raccoon_val.records[:3]]
+    picked = raccoon_val.subset([5, 0])
+    assert [r.image_id for r in picked] == [raccoon_val[5].image_id, raccoon_val[0].image_id]
+    assert picked.classes == raccoon_val.classes and picked.format == "voc"
+    with pytest.raises(InputError):
+        raccoon_val.subset([100])
+
+
+def test_from_records_rejects_out_of_range_labels(raccoon_val):
+    with pytest.raises(DatasetError, match="outside the 1 classes"):
+        Dataset.from_records([ImageRecord(raccoon_val[0].path, boxes=[[0, 0, 5, 5]], labels=[1])], ["raccoon"])
+
+
+def test_coco_with_given_classes_reindexes_by_name(datasets_dir):
+    ds = Dataset(datasets_dir / "fruits_nuts", split="val", classes=["hazelnut", "date", "fig", "walnut"])
+    original = Dataset(datasets_dir / "fruits_nuts", split="val")
+    mapping = np.array([1, 2, 0])  # date->1, fig->2, hazelnut->0
+    for a, b in zip(ds, original):
+        np.testing.assert_array_equal(a.labels, mapping[b.labels])
+    with pytest.raises(DatasetError, match="'fig' is not in classes"):
+        Dataset(datasets_dir / "fruits_nuts", split="val", classes=["date", "hazelnut"])
+
+
+def test_voc_with_unknown_class_in_given_list(datasets_dir):
+    with pytest.raises(DatasetError, match=r"BloodImage_\d+\.xml: object #\d+ has class"):
+        Dataset(datasets_dir / "bccd", split="test", classes=["RBC", "WBC"])
+
+
+def test_coco_to_voc_and_back(datasets_dir, tmp_path, assert_same_records):
+    ds = Dataset(datasets_dir / "fruits_nuts", split="val")
+    ds.to_voc(tmp_path / "voc", split="val")
+    back = Dataset(tmp_path / "voc", split="val")
+    assert back.format == "voc" and back.classes == ds.classes
+    assert_same_records(back.records, ds.records)
+
+
+def test_voc_to_coco_and_back(datasets_dir, tmp_path, assert_same_records):
+    ds = Dataset(datasets_dir / "raccoon", split="val").subset(4)
+    ds.to_coco(tmp_path / "annotations" / "instances_val.json")
+    back = Dataset(tmp_path, split="val")
+    assert back.format == "coco" and back.classes == ds.classes
+    assert [r.image_id for r in back] == ["1", "2", "3", "4"]  # VOC ids are not integers
+    for k, r in enumerate(ds, start=1):
+        r.image_id = str(k)
+    assert_same_records(back.records, ds.records)
+
+
+def test_writing_into_own_folder_does_not_copy(datasets_dir, tmp_path):
+    shutil.copytree(datasets_dir / "raccoon" / "JPEGImages", tmp_path / "JPEGImages",
+                    ignore=lambda d, names: [n for n in names if n not in ("raccoon-1.jpg", "raccoon-10.jpg")])
+    (tmp_path / "Annotations").mkdir()
+    for i in ("raccoon-1", "raccoon-10"):
+        shutil.copy(datasets_dir / "raccoon" / "Annotations" / f"{i}.xml", tmp_path / "Annotations")
+    ds = Dataset(tmp_path)
+    ds.to_voc(tmp_path, split="all")
+    assert sorted(p.name for p in (tmp_path / "JPEGImages").iterdir()) == ["raccoon-1.jpg", "raccoon-10.jpg"]
+    assert len(Dataset(tmp_path, split="all")) == 2

@@ -1,0 +1,146 @@
+"""fit -> save -> load -> predict on real data, and the saved-model contract."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import detect_automl as da
+from detect_automl.data.image import read_image
+
+HYPER = {"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def fitted(datasets_dir, tmp_path_factory):
+    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(8)
+    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
+    out = tmp_path_factory.mktemp("fit")
+    detector = da.fit(train, val, time_limit=120, hyperparameters=HYPER, output_dir=out, progress=False)
+    return detector, val, out
+
+
+def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
+    detector, val, out = fitted
+    assert detector.path == out / "model"
+    assert sorted(p.name for p in detector.path.iterdir()) == ["config.json", "history.json", "leaderboard.csv",
+                                                               "model.pt"]
+    config = json.loads((detector.path / "config.json").read_text())
+    assert config["model"] == "ssdlite320_mobilenet_v3_large" and config["class_names"] == ["raccoon"]
+    assert config["format_version"] == 1 and config["torch_version"] == torch.__version__
+    board = detector.leaderboard()
+    assert list(board.columns[:7]) == ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
+    assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 2
+    history = json.loads((detector.path / "history.json").read_text())
+    assert [r["epoch"] for r in history["0"]] == [1, 2]
+    # The detector holds the best epoch: re-evaluating gives the leaderboard's val mAP.
+    assert detector.evaluate(val)["map"] == pytest.approx(board.loc[0, "val_map"], abs=1e-9)
+
+
+def test_load_predicts_exactly_what_the_fitted_detector_predicts(fitted):
+    detector, val, _ = fitted
+    loaded = da.ObjectDetector.load(detector.path)
+    paths = [str(r.path) for r in val]
+    for a, b in zip(detector.predict(paths, score_threshold=0.0), loaded.predict(paths, score_threshold=0.0)):
+        assert len(a) > 0
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+    assert loaded.leaderboard().to_csv() == detector.leaderboard().to_csv()
+
+
+def test_predict_accepts_path_array_pil_and_lists(fitted):
+    detector, val, _ = fitted
+    path = val[0].path
+    array = read_image(path)
+    by_path = detector.predict(str(path), score_threshold=0.0)
+    class_ids, scores, boxes = by_path  # unpacks
+    assert class_ids.dtype == np.int64 and scores.dtype == np.float32 and boxes.dtype == np.float32
+    assert boxes.shape == (len(scores), 4) and np.all(np.diff(scores) <= 0)  # sorted by score
+    assert set(class_ids.tolist()) <= {0} and by_path.labels[:1] == ["raccoon"]
+    for other in (detector.predict(array, score_threshold=0.0),
+                  detector.predict(Image.fromarray(array), score_threshold=0.0),
+                  detector.predict([path, array], score_threshold=0.0)[1]):
+        np.testing.assert_allclose(other.boxes, boxes, atol=1e-4)
+    # Boxes are in original-image pixels: inside the image, and they scale with it.
+    h, w = array.shape[:2]
+    assert boxes[:, [0, 2]].max() <= w + 1e-3 and boxes[:, [1, 3]].max() <= h + 1e-3
+    big = np.ascontiguousarray(np.repeat(np.repeat(array, 2, axis=0), 2, axis=1))
+    top = detector.predict(big, score_threshold=0.0).boxes[0]
+    np.testing.assert_allclose(top, boxes[0] * 2, rtol=0.05, atol=4)
+    high = detector.predict(str(path), score_threshold=float(scores[0]) + 1e-6)
+    assert len(high) == 0 and high.boxes.shape == (0, 4)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([], "empty list"),
+    (np.zeros((10, 10), np.uint8), r"HxWx3 RGB array, got shape \(10, 10\)"),
+    (np.zeros((10, 10, 3), np.float32), "dtype uint8"),
+    (42, "got int"),
+    ("/nonexistent/cat.jpg", "image #0: .*cat.jpg"),
+])
+def test_predict_input_errors_are_clear(fitted, bad, message):
+    detector, _, _ = fitted
+    with pytest.raises(da.InputError, match=message):
+        detector.predict(bad)
+
+
+def test_evaluate_matches_classes_by_name(fitted, datasets_dir):
+    detector, _, _ = fitted
+    with pytest.raises(da.DatasetError, match=r"\['date', 'fig', 'hazelnut'\] are not among the model's classes"):
+        detector.evaluate(da.Dataset(datasets_dir / "fruits_nuts", format="coco", split="val"))
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("pickle code ran",))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "model.pt").unlink(), "missing model.pt"),
+    (lambda d: (d / "model.pt").write_bytes((d / "model.pt").read_bytes()[:1000]), "truncated, corrupted"),
+    (lambda d: (d / "model.pt").write_bytes(pickle.dumps({"w": _Evil()})), "truncated, corrupted"),
+    (lambda d: (d / "config.json").write_text("{not json"), "unreadable config"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"format_version": 99})), "newer than this detect_automl"),
+    (lambda d: (d / "config.json").write_text(json.dumps({"hello": 1})), "no format_version"),
+])
+def test_load_fails_clearly_on_damaged_directories(fitted, tmp_path, damage, message, capsys):
+    detector, _, _ = fitted
+    copy = tmp_path / "copy"
+    shutil.copytree(detector.path, copy)
+    damage(copy)
+    with pytest.raises(da.ModelError, match=message):
+        da.ObjectDetector.load(copy)
+    assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_load_of_a_missing_directory(tmp_path):
+    with pytest.raises(da.ModelError, match="no saved model here"):
+        da.ObjectDetector.load(tmp_path / "nothing")
+
+
+def test_foreign_weights_for_another_class_count_fail_clearly(fitted, tmp_path):
+    detector, _, _ = fitted
+    copy = tmp_path / "copy"
+    shutil.copytree(detector.path, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["class_names"] = ["a", "b", "c"]
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(da.ModelError, match="weights do not fit ssdlite320_mobilenet_v3_large with 3 classes"):
+        da.ObjectDetector.load(copy)
+
+
+def test_fit_on_coco_data_with_default_validation_split(datasets_dir, tmp_path):
+    train = da.Dataset(datasets_dir / "fruits_nuts", format="coco", split="train").subset(6)
+    detector = da.fit(train, time_limit=60, hyperparameters={**HYPER, "epochs": 1}, output_dir=tmp_path,
+                      progress=False)
+    assert detector.class_names == ["date", "fig", "hazelnut"]
+    assert len(json.loads((detector.path / "history.json").read_text())["0"]) == 1
+    metrics = detector.evaluate(da.Dataset(datasets_dir / "fruits_nuts", format="coco", split="val"))
+    assert set(metrics["per_class"]) == {"date", "fig", "hazelnut"} and 0.0 <= metrics["map"] <= 1.0
