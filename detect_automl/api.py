@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.dataset import Dataset
 from .engine.trial import run_trial
-from .errors import DatasetError, InputError
+from .errors import DatasetError, InputError, SearchError
+from .leaderboard import leaderboard_row, sort_leaderboard
+from .models import build
 from .predictor import ObjectDetector
-from .tune.space import preset_config
+from .tune.space import is_searched, preset_config, preset_space
 
 __all__ = ["fit"]
 
-_SAVE_RESERVE_S = 3.0  # kept back from time_limit for restoring and saving the best model
+log = logging.getLogger("detect_automl")
 
 
 def fit(
@@ -30,66 +32,130 @@ def fit(
     time_limit: float | None = None,
     num_trials: int = 1,
     presets: str = "medium_quality",
+    search_space: Mapping[str, Any] | None = None,
     hyperparameters: Mapping[str, Any] | None = None,
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: float | None = None,
+    ray_address: str | None = None,
+    searcher: str = "random",
     output_dir: str | Path | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    resume: bool = False,
     progress: bool = True,
 ) -> ObjectDetector:
-    """Train a detector on ``train`` and save it under ``output_dir``/model.
+    """Search detectors and hyperparameters on ``train``; keep, save and return the best.
+
+    With ``num_trials=1`` (and no search space, cluster or resume) one configuration trains in
+    this process; otherwise a Ray Tune search runs ``num_trials`` sampled configurations in
+    parallel, stops weak ones early (ASHA) and keeps the best by validation mAP.
 
     Args:
         train: the training data.
         val: validation data (ranks epochs and trials); without it a deterministic
             ``val_fraction`` of ``train`` is held out (seeded by ``seed``).
-        time_limit: seconds for the whole call, saving included; None trains all epochs.
-        num_trials: configurations to try.
-        presets: a named preset ("fast", "medium_quality", "best_quality") giving defaults.
-        hyperparameters: fixed values overriding the preset (any TrainConfig field).
-        output_dir: where the saved model (``model/``) goes; default ``runs/detect_automl-<time>``.
+        time_limit: seconds for the whole call, restoring and saving the best included.
+        num_trials: configurations to sample and train.
+        presets: "fast", "medium_quality" or "best_quality": defaults and search space for the
+            hardware found.
+        search_space: overrides of the preset's space: Ray Tune domains, lists (a choice),
+            ``("loguniform"|"uniform"|"randint", low, high)``, or fixed values.
+        hyperparameters: fixed values (any TrainConfig field), never searched.
+        gpus_per_trial: GPUs per trial (fractions such as 0.25 share a GPU); default 1 with
+            GPUs, else 0.
+        cpus_per_trial: CPUs per trial; default 1 on CPU-only machines, else CPUs / GPU slots.
+        ray_address: address of an existing Ray cluster (its nodes must see the images and
+            ``output_dir``); default a local Ray started and stopped here.
+        searcher: "random" (default) or "optuna" (needs optuna).
+        output_dir: the saved model goes to ``output_dir/model``, trials to ``output_dir/trials``;
+            default ``runs/detect_automl-<time>``.
         val_fraction: share of ``train`` held out when ``val`` is None.
-        seed: seeds the split, initialisation, data order and augmentation.
-        progress: show progress bars and a line per epoch.
+        seed: seeds the split, the sampling, initialisation, data order and augmentation.
+        resume: continue an interrupted search in ``output_dir`` instead of starting afresh.
+        progress: show progress (bars and per-epoch lines in-process; Tune's table otherwise).
 
     Returns:
-        The trained ObjectDetector (best epoch by validation mAP), already saved.
+        The best ObjectDetector, already saved (``detector.path``).
 
-    >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=300)  # doctest: +SKIP
+    Raises:
+        SearchError: every trial failed (the message lists why), or resources are missing.
+
+    >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=600, num_trials=4)  # doctest: +SKIP
     """
-    start = time.monotonic()
-    deadline = None if time_limit is None else start + float(time_limit) - _SAVE_RESERVE_S
-    if time_limit is not None and float(time_limit) <= _SAVE_RESERVE_S:
-        raise InputError(f"time_limit must be more than {_SAVE_RESERVE_S:g} s, got {time_limit}")
+    start_wall = time.time()
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
     if len(train) == 0:
         raise DatasetError("the training dataset has no images")
+    searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
+    reserve = _reserve(time_limit, searching)
+    deadline_wall = None if time_limit is None else start_wall + float(time_limit) - reserve
     if val is None:
         train, val = train.split(val_fraction, seed=seed)
-    config = preset_config(presets, gpu=torch.cuda.is_available())
-    config = config.replace(seed=seed, **dict(hyperparameters or {}))
+    gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
+    base = preset_config(presets, gpu=gpu).replace(seed=seed)
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
-
-    def report(record: dict) -> None:
-        if progress:
-            val_part = f", val mAP {record['val_map']:.3f} (mAP@50 {record['val_map_50']:.3f})" if "val_map" in record else ""
-            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.3f}{val_part}")
-
-    outcome = run_trial(config, train, val, deadline=deadline, on_epoch=report, progress=progress)
-    metrics = outcome.result.best_metrics
-    row = {"trial_id": "0", "model": config.model, "val_map": metrics.get("map"),
-           "val_map_50": metrics.get("map_50"), "epochs": len(outcome.result.history),
-           "seconds": round(outcome.seconds, 1), "status": "completed", **_hyperparameter_columns(config)}
-    detector = ObjectDetector(outcome.detector, train.classes, config, leaderboard=pd.DataFrame([row]),
-                              history={"0": outcome.result.history}, metrics=metrics)
+    if searching:
+        detector = _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials,
+                           deadline_wall, output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed,
+                           resume, progress)
+    else:
+        detector = _single(train, val, base.replace(**dict(hyperparameters or {})), deadline_wall, progress)
     detector.path = detector.save(output / "model")
     if progress:
-        tqdm.write(f"saved the best model ({config.model}, val mAP {metrics.get('map', float('nan')):.3f}) "
-                   f"to {detector.path} in {time.monotonic() - start:.0f} s")
+        tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "
+                   f"to {detector.path} in {time.time() - start_wall:.0f} s")
     return detector
 
 
-def _hyperparameter_columns(config: TrainConfig) -> dict:
-    values = config.to_dict()
-    values.pop("model")
-    return values
+def _reserve(time_limit: float | None, searching: bool) -> float:
+    """Seconds kept back from ``time_limit`` for restoring and saving the best (and stopping Ray)."""
+    if time_limit is None:
+        return 0.0
+    reserve = (6.0 + 0.02 * float(time_limit)) if searching else 3.0
+    if float(time_limit) <= reserve + 1.0:
+        raise InputError(f"time_limit={time_limit} s is too short: at least {reserve + 1.0:.0f} s are needed")
+    return reserve
+
+
+def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: float | None,
+            progress: bool) -> ObjectDetector:
+    def report(record: dict, model) -> None:
+        if progress:
+            val_part = (f", val mAP {record['val_map']:.3f} (mAP@50 {record['val_map_50']:.3f})"
+                        if "val_map" in record else "")
+            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.3f}{val_part}")
+
+    deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
+    outcome = run_trial(config, train, val, deadline=deadline, on_epoch=report, progress=progress)
+    last = outcome.result.history[-1] if outcome.result.history else {}
+    status = "stopped (time limit)" if last.get("time_limit_hit") else "completed"
+    row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, status)
+    return ObjectDetector(outcome.detector, train.classes, config, leaderboard=sort_leaderboard([row]),
+                          history={"0": outcome.result.history}, metrics=outcome.result.best_metrics)
+
+
+def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, deadline_wall, output,
+            gpus_per_trial, cpus_per_trial, ray_address, searcher, seed, resume, progress) -> ObjectDetector:
+    from .tune.search import run_search
+
+    space = {**preset_space(presets, gpu), **dict(search_space or {})}
+    fixed = {k: v for k, v in space.items() if not is_searched(v)}
+    fixed.update(dict(hyperparameters or {}))
+    space = {k: v for k, v in space.items() if k not in fixed}
+    base = base.replace(**fixed)
+    outcome = run_search(train, val, base=base, space=space, num_trials=num_trials, deadline_wall=deadline_wall,
+                         storage_dir=output / "trials", gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+                         ray_address=ray_address, searcher=searcher, resume=resume, seed=seed,
+                         verbose=1 if progress else 0)
+    if outcome.best_state is None:
+        reasons = "\n".join(f"  trial {r.trial_id} ({r.model}): {r.status}" for r in outcome.leaderboard.itertuples())
+        raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
+    if outcome.leaderboard["status"].astype(str).str.contains("interrupted").any():
+        log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
+                    "with fit(..., output_dir=%r, resume=True)", output / "model", str(output))
+    config = outcome.best_config
+    detector = build(config.model, len(train.classes), pretrained=None, image_size=config.image_size)
+    detector.load_state_dict(outcome.best_state)
+    return ObjectDetector(detector, train.classes, config, leaderboard=outcome.leaderboard,
+                          history=outcome.history, metrics=outcome.best_metrics)

@@ -73,8 +73,10 @@ def test_train_keeps_the_best_epoch_by_val_map(raccoon):
     config = TrainConfig(pretrained=None, epochs=2, batch_size=2, warmup_steps=1)
     seen = []
     result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
-                   on_epoch=seen.append, progress=False)
+                   on_epoch=lambda record, m: seen.append(record), progress=False)
     assert [r["epoch"] for r in seen] == [1, 2] and seen == result.history
+    improved = (seen[1]["val_map"], seen[1]["val_map_50"]) > (seen[0]["val_map"], seen[0]["val_map_50"])
+    assert seen[0]["is_best"] and seen[1]["is_best"] == improved
     best = max(result.history, key=lambda r: (r["val_map"], r["val_map_50"]))
     assert result.best_metrics["map"] == best["val_map"]
     # The kept weights are that epoch's: re-evaluating them gives the same mAP.

@@ -41,7 +41,7 @@ class ImageRecord:
     source: str = ""
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
+        self.path = Path(self.path).absolute()  # trials run in other working directories
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         n = len(self.boxes)
         self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)

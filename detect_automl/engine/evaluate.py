@@ -36,7 +36,7 @@ def predict_loader(
     records = loader.dataset.dataset.records
     ground_truth, predictions = [], []
     try:
-        for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=not progress):
+        for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
             images = [img.to(device, non_blocking=True) for img in images]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 outputs = model(images)

@@ -19,7 +19,7 @@ from .evaluate import evaluate
 
 __all__ = ["TrainResult", "seed_everything", "build_optimizer", "train_one_epoch", "train"]
 
-EpochCallback = Callable[[dict], None]
+EpochCallback = Callable[[dict, nn.Module], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -114,7 +114,7 @@ def train_one_epoch(
     model.train()
     start = time.monotonic()
     total, steps, images_seen, deadline_hit = 0.0, 0, 0, False
-    bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True)
     for images, targets in bar:
         now = time.monotonic()
         if deadline is not None and now + (now - start) / max(1, steps) * (steps > 0) >= deadline:
@@ -183,13 +183,15 @@ def train(
     class_names: list[str] | None = None,
     deadline: float | None = None,
     on_epoch: EpochCallback | None = None,
+    start_epoch: int = 1,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` for ``config.epochs`` epochs or until ``deadline`` (``time.monotonic()``).
 
     Validation (COCO mAP) runs every ``config.eval_every`` epochs and after the last; time for
-    it is kept back from training so the run ends by the deadline. ``on_epoch`` receives each
-    epoch's record (the Ray trainable reports it to Tune).
+    it is kept back from training so the run ends by the deadline. ``on_epoch(record, model)``
+    receives each epoch's record (``record["is_best"]`` marks a new best epoch) and the model,
+    which the Ray trainable reports and checkpoints. ``start_epoch`` > 1 continues a run.
     """
     model.to(device)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
@@ -202,7 +204,7 @@ def train(
     result = TrainResult()
     # Time kept back for validation: measured after the first one, a tenth of the budget before.
     eval_reserve = 0.1 * (deadline - start) if deadline is not None and val_loader is not None else 0.0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(start_epoch, config.epochs + 1):
         epoch_deadline = None if deadline is None else deadline - eval_reserve
         stats = train_one_epoch(model, optimizer, train_loader, device, scheduler=scheduler,
                                 amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip,
@@ -218,12 +220,14 @@ def train(
             metrics = evaluate(model, val_loader, class_names or [], device, amp_dtype=amp_dtype)
             eval_reserve = 1.2 * metrics["seconds"]
             record.update({f"val_{k}": metrics[k] for k in ("map", "map_50", "map_75")})
-            if result.best_state is None or _rank(metrics) > _rank(result.best_metrics):
+            record["is_best"] = result.best_state is None or _rank(metrics) > _rank(result.best_metrics)
+            if record["is_best"]:
                 result.best_metrics = metrics
                 result.best_state = _cpu_state(model)
+        record["time_limit_hit"] = stats["deadline_hit"]
         result.history.append(record)
         if on_epoch is not None:
-            on_epoch(record)
+            on_epoch(record, model)
         if stats["deadline_hit"]:
             result.stopped = "time_limit"
             break

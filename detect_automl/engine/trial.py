@@ -38,17 +38,22 @@ def run_trial(
     device: torch.device | None = None,
     deadline: float | None = None,
     on_epoch=None,
+    init_state: dict | None = None,
+    start_epoch: int = 1,
     progress: bool = True,
 ) -> TrialOutcome:
     """Train ``config`` on ``train_data``, validating on ``val_data`` every ``eval_every`` epochs.
 
-    This is what both a single ``fit`` and every Ray Tune trial call.
+    This is what both a single ``fit`` and every Ray Tune trial call. ``init_state`` (a
+    Detector state_dict) and ``start_epoch`` continue an interrupted trial.
     """
     start = time.monotonic()
     device = device or default_device()
     seed_everything(config.seed)
     detector = build(config.model, len(train_data.classes), pretrained=config.pretrained,
                      image_size=config.image_size)
+    if init_state is not None:
+        detector.load_state_dict(init_state)
     train_loader = make_loader(train_data, config.batch_size, train=True, augment=config.augment,
                                num_workers=config.num_workers, seed=config.seed)
     val_loader = None
@@ -56,6 +61,6 @@ def run_trial(
         val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=config.num_workers)
     result = train(detector, train_loader, config, device, val_loader=val_loader,
                    class_names=list(train_data.classes), deadline=deadline, on_epoch=on_epoch,
-                   progress=progress)
+                   start_epoch=start_epoch, progress=progress)
     detector.load_state_dict(result.best_state)
     return TrialOutcome(detector, result, time.monotonic() - start)

@@ -57,3 +57,64 @@ def _best(gpu: bool) -> TrainConfig:
         return _fast(gpu)
     return TrainConfig(model="fasterrcnn_resnet50_fpn_v2", optimizer="sgd", lr=0.02, batch_size=4,
                        epochs=26, num_workers=4)
+
+
+# Search spaces in plain form: a list is a choice, ("loguniform"|"uniform", low, high) a range,
+# ("randint", low, high) an integer range. ``to_tune_domains`` turns them into Ray Tune domains.
+_CPU_SPACE = {
+    "lr": ("loguniform", 3e-4, 3e-3),
+    "weight_decay": ("loguniform", 1e-5, 1e-3),
+    "batch_size": [4, 8],
+    "augment": ("uniform", 0.2, 0.8),
+}
+_GPU_SPACES = {
+    "fast": {**_CPU_SPACE, "batch_size": [16, 32]},
+    "medium_quality": {
+        "model": ["fasterrcnn_mobilenet_v3_large_fpn", "ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn_v2"],
+        "optimizer": ["adamw"], "lr": ("loguniform", 1e-4, 2e-3), "weight_decay": ("loguniform", 1e-5, 1e-3),
+        "batch_size": [8, 16], "augment": ("uniform", 0.2, 0.8),
+    },
+    "best_quality": {
+        "model": ["fasterrcnn_resnet50_fpn_v2", "retinanet_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn"],
+        "optimizer": ["adamw"], "lr": ("loguniform", 5e-5, 1e-3), "weight_decay": ("loguniform", 1e-5, 1e-3),
+        "batch_size": [4, 8], "image_size": [640, 800], "augment": ("uniform", 0.2, 0.8),
+    },
+}
+
+
+def preset_space(name: str, gpu: bool) -> dict:
+    """The search space of preset ``name`` (plain form) for a machine with or without a GPU."""
+    preset_config(name, gpu)  # validates the name
+    return dict(_GPU_SPACES[name] if gpu else _CPU_SPACE)
+
+
+def is_searched(value) -> bool:
+    """True when ``value`` describes a range or choice rather than one fixed value."""
+    if isinstance(value, (list, range)):
+        return True
+    if isinstance(value, tuple) and value and value[0] in ("loguniform", "uniform", "randint"):
+        return True
+    if isinstance(value, dict) and "grid_search" in value:
+        return True
+    return type(value).__module__.startswith("ray.tune")  # a Ray Tune domain object
+
+
+def to_tune_domains(space: dict) -> dict:
+    """Plain space -> Ray Tune domains (Ray Tune objects pass through unchanged)."""
+    from ray import tune
+
+    domains = {}
+    for key, value in space.items():
+        if isinstance(value, (list, range)):
+            values = list(value)
+            if not values:
+                raise InputError(f"search space {key!r}: empty list of choices")
+            domains[key] = tune.choice(values)
+        elif isinstance(value, tuple) and value and value[0] in ("loguniform", "uniform", "randint"):
+            kind, low, high = value
+            if not low < high or (kind == "loguniform" and low <= 0):
+                raise InputError(f"search space {key!r}: bad range {value!r}")
+            domains[key] = getattr(tune, kind)(low, high)
+        else:
+            domains[key] = value
+    return domains

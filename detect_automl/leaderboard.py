@@ -1,0 +1,46 @@
+"""Leaderboard rows, ordering and the rule that picks the trial to keep."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+__all__ = ["COLUMNS", "leaderboard_row", "sort_leaderboard", "select_best"]
+
+COLUMNS = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
+
+
+def leaderboard_row(trial_id: str, config: dict, history: list[dict], seconds: float, status: str) -> dict:
+    """One trial: id, model, best val mAP / mAP@50, epochs done, seconds, status, hyperparameters.
+
+    The configured maximum number of epochs appears as ``max_epochs`` (``epochs`` is what ran).
+    """
+    scored = [r for r in history if r.get("val_map") is not None]
+    best = max(scored, key=lambda r: (r["val_map"], r.get("val_map_50") or 0.0), default={})
+    hyper = {("max_epochs" if k == "epochs" else k): v for k, v in config.items() if k != "model"}
+    return {"trial_id": str(trial_id), "model": config["model"], "val_map": best.get("val_map"),
+            "val_map_50": best.get("val_map_50"), "epochs": len(history), "seconds": round(float(seconds), 1),
+            "status": status, **hyper}
+
+
+def sort_leaderboard(rows: list[dict]) -> pd.DataFrame:
+    """Rows as a DataFrame, best first (val mAP, then mAP@50; trials without a score last)."""
+    board = pd.DataFrame(rows) if rows else pd.DataFrame(columns=COLUMNS)
+    if board.empty:
+        return board
+    return board.sort_values(["val_map", "val_map_50"], ascending=False, na_position="last",
+                             kind="stable").reset_index(drop=True)
+
+
+def select_best(board: pd.DataFrame) -> str | None:
+    """The trial id to keep: highest val mAP, ties by mAP@50, among trials that did not fail.
+
+    A failed trial is never kept, even if it reported a good mAP before it failed: its last
+    weights may come from a state that then diverged or ran out of memory.
+    """
+    if board.empty:
+        return None
+    ok = board[~board["status"].astype(str).str.startswith("failed") & board["val_map"].notna()]
+    if ok.empty:
+        return None
+    ranked = ok.sort_values(["val_map", "val_map_50"], ascending=False, kind="stable")
+    return str(ranked.iloc[0]["trial_id"])

@@ -1,0 +1,69 @@
+"""The Ray Tune function trainable: build, train, report val mAP per epoch, checkpoint the best."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data.dataset import Dataset
+from ..engine.trial import run_trial
+
+__all__ = ["train_trial", "CHECKPOINT_FILE"]
+
+CHECKPOINT_FILE = "detector.pt"
+
+
+def train_trial(
+    params: dict,
+    *,
+    train_data: Dataset,
+    val_data: Dataset,
+    base: dict,
+    deadline_wall: float | None,
+) -> None:
+    """Train one sampled configuration inside a Ray Tune trial.
+
+    Args:
+        params: the values Tune sampled for this trial (TrainConfig fields).
+        train_data, val_data: shipped once through Ray's object store (``tune.with_parameters``).
+        base: the fixed TrainConfig fields (preset merged with the user's hyperparameters).
+        deadline_wall: ``time.time()`` by which the trial must have stopped (wall clock, so it
+            holds on every node of a cluster).
+
+    Each epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch`` and ``time_limit_hit``;
+    an epoch that beats the trial's best so far also reports a checkpoint holding the
+    detector's state_dict and that epoch number. A resumed trial continues from it.
+    """
+    from ray import tune
+
+    if deadline_wall is not None and time.time() >= deadline_wall - 1.0:
+        return  # started after the deadline: nothing to report (shown as "not run")
+    config = TrainConfig.from_dict({**base, **params})
+    init_state, start_epoch = None, 1
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        init_state, start_epoch = saved["state_dict"], int(saved["epoch"]) + 1
+        config = config.replace(pretrained=None)  # the checkpoint already holds the weights
+    deadline = None
+    if deadline_wall is not None:
+        deadline = time.monotonic() + (deadline_wall - time.time())
+
+    def report(record: dict, model: torch.nn.Module) -> None:
+        metrics = {k: record[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75",
+                                          "time_limit_hit") if k in record}
+        if not record.get("is_best"):
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save({"state_dict": model.state_dict(), "epoch": record["epoch"]},
+                       Path(directory) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    run_trial(config, train_data, val_data, deadline=deadline, on_epoch=report, init_state=init_state,
+              start_epoch=start_epoch, progress=False)

@@ -1,0 +1,161 @@
+"""Ray Tune search on CPU with small real subsets: leaderboard, best restore, failures, time, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import detect_automl as da
+from detect_automl.leaderboard import select_best
+from detect_automl.tune.search import max_concurrent_trials
+
+FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def data(datasets_dir):
+    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(8)
+    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
+    return train, val
+
+
+def test_fractional_gpus_pack_per_gpu_not_across():
+    assert max_concurrent_trials(64, 8, 1, 0.15) == 48  # 6 per GPU, 8 GPUs (ray#5902)
+    assert max_concurrent_trials(64, 8, 1, 0.15, gpus_per_node=[4, 4]) == 48
+    assert max_concurrent_trials(2, 0, 1, 0) == 2  # CPU-only: one trial per CPU
+    assert max_concurrent_trials(16, 1, 4, 0.25) == 4
+    assert max_concurrent_trials(16, 1, 8, 0.25) == 2  # CPUs bound it
+    assert max_concurrent_trials(16, 3, 1, 2) == 1  # a 2-GPU trial cannot span two nodes' leftovers
+
+
+def test_best_trial_rule_skips_failed_trials_even_with_a_higher_map():
+    board = pd.DataFrame([
+        {"trial_id": "a", "val_map": 0.9, "val_map_50": 0.9, "status": "failed: TrainingError: loss diverged"},
+        {"trial_id": "b", "val_map": 0.4, "val_map_50": 0.6, "status": "early-stopped"},
+        {"trial_id": "c", "val_map": 0.4, "val_map_50": 0.7, "status": "completed"},
+        {"trial_id": "d", "val_map": None, "val_map_50": None, "status": "not run (time limit)"},
+    ])
+    assert select_best(board) == "c"  # ties on mAP broken by mAP@50
+    assert select_best(board.iloc[[0, 3]]) is None
+
+
+def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data, tmp_path):
+    train, val = data
+    start = time.time()
+    detector = da.fit(train, val, time_limit=150, num_trials=1, hyperparameters=FIXED,
+                      search_space={"lr": {"grid_search": [1e-3, -1.0, 3e-3]}, "augment": [0.0, 0.5]},
+                      output_dir=tmp_path, progress=False)
+    elapsed = time.time() - start
+    board = detector.leaderboard()
+    assert len(board) == 3
+    assert list(board.columns[:7]) == ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
+    failed = board[board["lr"] == -1.0]
+    assert len(failed) == 1 and failed.iloc[0]["status"].startswith("failed: ")
+    assert "lr must be > 0" in failed.iloc[0]["status"]
+    ok = board[board["lr"] != -1.0]
+    assert ok["val_map"].notna().all() and list(ok["val_map"]) == sorted(ok["val_map"], reverse=True)
+    assert board.index[board["lr"] == -1.0][0] == 2  # unscored trials sort last
+    # The detector is the top row's trial, restored from its best checkpoint.
+    top = board.iloc[0]
+    assert detector.metrics["trial_id"] == top["trial_id"] and detector.config.lr == top["lr"]
+    assert detector.evaluate(val)["map"] == pytest.approx(top["val_map"], abs=1e-9)
+    history = json.loads((detector.path / "history.json").read_text())
+    assert set(history) == set(board["trial_id"]) and len(history[top["trial_id"]]) == top["epochs"]
+    # Saved under the user's output_dir, reloads without Ray and predicts the same.
+    assert detector.path == tmp_path / "model" and (tmp_path / "trials" / "search").is_dir()
+    loaded = da.ObjectDetector.load(detector.path)
+    image = str(val[0].path)
+    np.testing.assert_array_equal(loaded.predict(image, score_threshold=0).boxes,
+                                  detector.predict(image, score_threshold=0).boxes)
+    assert elapsed < 150
+
+
+def test_time_limit_bounds_the_whole_fit(data, tmp_path):
+    train, val = data
+    limit = 40
+    start = time.time()
+    detector = da.fit(train, val, time_limit=limit, num_trials=2, hyperparameters={**FIXED, "epochs": 200},
+                      output_dir=tmp_path, progress=False)
+    elapsed = time.time() - start
+    assert elapsed <= limit + 3, f"fit took {elapsed:.1f} s for time_limit={limit}"
+    board = detector.leaderboard()
+    assert (board["status"] == "stopped (time limit)").any()
+    assert (detector.path / "model.pt").is_file()
+
+
+def test_every_trial_failing_raises_one_error_listing_why(data, tmp_path):
+    train, val = data
+    with pytest.raises(da.SearchError) as info:
+        da.fit(train, val, time_limit=60, num_trials=2, hyperparameters={**FIXED, "model": "no_such_model"},
+               output_dir=tmp_path, progress=False)
+    message = str(info.value)
+    assert message.count("unknown model 'no_such_model'") == 2 and "trials in" in message
+
+
+def test_gpu_request_without_gpus_fails_fast(data, tmp_path):
+    train, val = data
+    start = time.time()
+    with pytest.raises(da.SearchError, match="gpus_per_trial=0.5 but the Ray cluster has 0 GPUs"):
+        da.fit(train, val, time_limit=60, num_trials=2, gpus_per_trial=0.5, hyperparameters=FIXED,
+               output_dir=tmp_path, progress=False)
+    assert time.time() - start < 30
+
+
+_INTERRUPTIBLE = """
+import sys, detect_automl as da
+train = da.Dataset(sys.argv[1], split="train").subset(8)
+val = da.Dataset(sys.argv[1], split="val").subset(3)
+da.fit(train, val, time_limit=300, num_trials=1, hyperparameters={fixed!r}, cpus_per_trial=2,
+       search_space={{"lr": {{"grid_search": [1e-3, 2e-3, 3e-3, 4e-3]}}}}, output_dir=sys.argv[2],
+       resume=sys.argv[3] == "resume", progress=False)
+"""
+
+
+def _completed_trials(experiment) -> int:
+    done = 0
+    for result in experiment.glob("*/result.json"):
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        done += any(r.get("epoch") == FIXED["epochs"] for r in lines)
+    return done
+
+
+def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
+    script = tmp_path / "search.py"
+    script.write_text(_INTERRUPTIBLE.format(fixed=FIXED))
+    out = tmp_path / "out"
+    args = [sys.executable, str(script), str(datasets_dir / "raccoon"), str(out)]
+    proc = subprocess.Popen([*args, "fresh"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 200
+    while _completed_trials(out / "trials" / "search") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "the search was interrupted" in output and str(out / "model") in output
+    first = da.ObjectDetector.load(out / "model").leaderboard()
+    finished = first[first["status"] == "completed"]
+    assert 1 <= len(finished) < 4 and first["status"].str.contains("interrupted").any()
+
+    resumed = subprocess.run([*args, "resume"], capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    board = da.ObjectDetector.load(out / "model").leaderboard()
+    assert len(board) == 4 and (board["status"] == "completed").all()  # the rest ran, none twice
+    for row in finished.itertuples():  # finished trials were kept, not re-run
+        again = board[board["trial_id"] == row.trial_id]
+        assert len(again) == 1 and again.iloc[0]["val_map"] == pytest.approx(row.val_map)
+        assert again.iloc[0]["seconds"] == pytest.approx(row.seconds)
+
+
+def test_resume_without_a_previous_search_says_so(data, tmp_path):
+    train, val = data
+    with pytest.raises(da.SearchError, match="no search to resume"):
+        da.fit(train, val, time_limit=60, num_trials=2, hyperparameters=FIXED, output_dir=tmp_path,
+               resume=True, progress=False)
