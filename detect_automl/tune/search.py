@@ -185,6 +185,7 @@ def _collect(results, fixed: dict, experiment: Path, cut: str) -> SearchOutcome:
                              for r in records]
         seconds = float(records[-1].get("time_total_s", 0.0)) if records else 0.0
         rows.append(leaderboard_row(trial_id, params, history[trial_id], seconds, _status(result, records, params, trial, cut)))
+        rows[-1]["node"] = str(records[-1].get("node_id", ""))[:12] if records else ""
         if result.checkpoint is not None:
             checkpoints[trial_id] = (result.checkpoint, params, rows[-1])
     board = sort_leaderboard(rows)

@@ -34,10 +34,12 @@ def train_trial(
         deadline_wall: ``time.time()`` by which the trial must have stopped (wall clock, so it
             holds on every node of a cluster).
 
-    Each epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch`` and ``time_limit_hit``;
+    Each epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch``, ``time_limit_hit`` and
+    the Ray ``node_id`` it ran on;
     an epoch that beats the trial's best so far also reports a checkpoint holding the
     detector's state_dict and that epoch number. A resumed trial continues from it.
     """
+    import ray
     from ray import tune
 
     if deadline_wall is not None and time.time() >= deadline_wall - 1.0:
@@ -54,9 +56,12 @@ def train_trial(
     if deadline_wall is not None:
         deadline = time.monotonic() + (deadline_wall - time.time())
 
+    node = ray.get_runtime_context().get_node_id()
+
     def report(record: dict, model: torch.nn.Module) -> None:
         metrics = {k: record[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75",
                                           "time_limit_hit") if k in record}
+        metrics["node_id"] = node
         if not record.get("is_best"):
             tune.report(metrics)
             return

@@ -1,0 +1,95 @@
+"""Cluster mode for real: a two-node Ray cluster on this machine, fit(ray_address=...)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import detect_automl as da
+
+RAY = Path(sys.executable).parent / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_processes_mentioning(marker: str) -> None:
+    """Stop exactly the Ray processes this test started (their command lines name its temp dirs)."""
+    for _ in range(3):
+        found = False
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmdline:
+                found = True
+                try:
+                    os.kill(int(proc.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if not found:
+            return
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    if not RAY.exists():
+        pytest.skip(f"the ray command line is not installed next to {sys.executable}")
+    port = _free_port()
+    # Short paths: Ray's Unix sockets live under the temp dir and have a length limit.
+    head_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")
+    worker_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")
+    # A loopback-only test cluster: no token auth (the nodes and this driver must agree on it;
+    # Ray 2.5x+ turns it on when ~/.ray/auth_token exists).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    common = ["--num-cpus=1", "--num-gpus=0", "--disable-usage-stats"]
+    try:
+        subprocess.run([str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                        "--include-dashboard=false", f"--temp-dir={head_dir}", *common],
+                       check=True, capture_output=True, timeout=120, env=env)
+        subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
+                        f"--temp-dir={worker_dir}", *common],
+                       check=True, capture_output=True, timeout=120, env=env)
+        yield f"127.0.0.1:{port}"
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"could not start a local Ray cluster: {exc.stderr.decode(errors='replace')[-2000:]}")
+    finally:
+        for directory in (worker_dir, head_dir):
+            _kill_processes_mentioning(directory)
+        _kill_processes_mentioning(f"127.0.0.1:{port}")
+        shutil.rmtree(head_dir, ignore_errors=True)
+        shutil.rmtree(worker_dir, ignore_errors=True)
+
+
+def test_fit_on_an_existing_two_node_cluster(two_node_cluster, datasets_dir, tmp_path):
+    import ray
+
+    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(6)
+    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(2)
+    detector = da.fit(train, val, time_limit=150, num_trials=2, ray_address=two_node_cluster,
+                      hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 1},
+                      output_dir=tmp_path, progress=False)
+    assert not ray.is_initialized()  # we disconnected, and the cluster is the fixture's to stop
+    board = detector.leaderboard()
+    assert len(board) == 2 and (board["status"] == "completed").all()
+    assert board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
+    assert (tmp_path / "trials" / "search").is_dir()  # storage_path both nodes see
+    loaded = da.ObjectDetector.load(detector.path)
+    assert loaded.metrics["trial_id"] == board.iloc[0]["trial_id"]
