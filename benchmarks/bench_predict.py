@@ -43,7 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=32, help="first N images of the test split (default: %(default)s)")
     p.add_argument("--split", default="test", help="default: %(default)s")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="default: %(default)s")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes per side and batch size (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed passes per side and batch size (default: 3 on CPU, 10 on CUDA)")
     return p.parse_args(argv)
 
 
@@ -54,6 +55,7 @@ def to_tensor(array, device: torch.device) -> torch.Tensor:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = setup(args)
+    args.repeats = args.repeats or (10 if device.type == "cuda" else 3)
     data = Dataset(args.data, split=args.split).subset(args.images)
     arrays = [read_image(r.path) for r in data.records]
 

@@ -112,7 +112,8 @@ def _reserve(time_limit: float | None, searching: bool) -> float:
     """Seconds kept back from ``time_limit`` for restoring and saving the best (and stopping Ray)."""
     if time_limit is None:
         return 0.0
-    reserve = (6.0 + 0.02 * float(time_limit)) if searching else 3.0
+    # Measured: Ray start ~3-6 s, Tune's wrap-up and shutdown ~2-10 s (more with GPU trials).
+    reserve = min(60.0, 8.0 + 0.04 * float(time_limit)) if searching else 3.0
     if float(time_limit) <= reserve + 1.0:
         raise InputError(f"time_limit={time_limit} s is too short: at least {reserve + 1.0:.0f} s are needed")
     return reserve

@@ -94,9 +94,9 @@ class ObjectDetector:
             arrays = [_inputs.to_rgb_array(item, start + i) for i, item in enumerate(items[start:start + batch_size])]
             tensors = [torch.from_numpy(a).to(self.device).permute(2, 0, 1).float().div_(255.0) for a in arrays]
             for out in self.model.predict(tensors):
-                keep = out["scores"] >= threshold
-                results.append(Detections(out["labels"][keep].cpu().numpy(), out["scores"][keep].cpu().numpy(),
-                                          out["boxes"][keep].cpu().numpy(), self.class_names))
+                keep = (out["scores"] >= threshold).numpy()
+                results.append(Detections(out["labels"].numpy()[keep], out["scores"].numpy()[keep],
+                                          out["boxes"].numpy()[keep], self.class_names))
         return results[0] if single else results
 
     def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False) -> dict:

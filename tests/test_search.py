@@ -147,7 +147,8 @@ def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
     resumed = subprocess.run([*args, "resume"], capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     board = da.ObjectDetector.load(out / "model").leaderboard()
-    assert len(board) == 4 and (board["status"] == "completed").all()  # the rest ran, none twice
+    assert len(board) == 4 and board["val_map"].notna().all()  # the rest ran, none twice
+    assert board["status"].isin(["completed", "early-stopped"]).all()  # ASHA may stop weak ones
     for row in finished.itertuples():  # finished trials were kept, not re-run
         again = board[board["trial_id"] == row.trial_id]
         assert len(again) == 1 and again.iloc[0]["val_map"] == pytest.approx(row.val_map)

@@ -44,7 +44,7 @@ def predict_loader(
                 record = records[int(target["image_id"])]
                 boxes, labels, keep = sanitize_boxes(record.boxes, record.labels, image.shape[2], image.shape[1])
                 ground_truth.append({"boxes": boxes, "labels": labels, "ignore": record.ignore[keep]})
-                predictions.append({k: out[k].float().cpu().numpy() for k in ("boxes", "scores", "labels")})
+                predictions.append({k: out[k].float().numpy() for k in ("boxes", "scores", "labels")})
     finally:
         model.train(was_training)
     return ground_truth, predictions

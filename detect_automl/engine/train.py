@@ -215,7 +215,11 @@ def train(
             break
         record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"],
                   "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"]}
-        last = epoch == config.epochs or stats["deadline_hit"]
+        # Out of time: the deadline cut this epoch, or not even one more step would fit.
+        step_seconds = stats["seconds"] / max(1, stats["steps"])
+        out_of_time = stats["deadline_hit"] or (
+            epoch_deadline is not None and time.monotonic() + step_seconds >= epoch_deadline)
+        last = epoch == config.epochs or out_of_time
         if val_loader is not None and (last or epoch % config.eval_every == 0):
             metrics = evaluate(model, val_loader, class_names or [], device, amp_dtype=amp_dtype)
             eval_reserve = 1.2 * metrics["seconds"]
@@ -224,11 +228,11 @@ def train(
             if record["is_best"]:
                 result.best_metrics = metrics
                 result.best_state = _cpu_state(model)
-        record["time_limit_hit"] = stats["deadline_hit"]
+        record["time_limit_hit"] = out_of_time
         result.history.append(record)
         if on_epoch is not None:
             on_epoch(record, model)
-        if stats["deadline_hit"]:
+        if out_of_time:
             result.stopped = "time_limit"
             break
     if result.best_state is None:

@@ -37,9 +37,13 @@ class Detector(nn.Module):
         return [{**t, "labels": t["labels"] + self.label_offset} for t in targets]
 
     def from_model_outputs(self, outputs: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
-        """torchvision's label space -> 0-based class ids (background never reaches callers)."""
+        """torchvision's label space -> 0-based class ids (background never reaches callers).
+
+        Outputs come back on the CPU: one copy per field, then masking without device syncs.
+        """
         results = []
         for out in outputs:
+            out = {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
             labels = out["labels"] - self.label_offset
             keep = labels >= 0
             results.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
@@ -52,12 +56,13 @@ class Detector(nn.Module):
             return self.model(images, self.to_model_targets(targets))
         return self.from_model_outputs(self.model(images))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Eval-mode forward without gradients (restores the previous mode)."""
-        was_training = self.training
+        """Eval-mode forward without autograd; outputs on the CPU (restores the previous mode)."""
+        if not self.training:
+            return self(images)
         self.eval()
         try:
             return self(images)
         finally:
-            self.train(was_training)
+            self.train()

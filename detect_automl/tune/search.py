@@ -91,11 +91,17 @@ def run_search(
         started_ray = True
     try:
         resources = _resources(gpus_per_trial, cpus_per_trial)
-        concurrency = min(num_trials, resources.pop("_concurrency"))
+        total = num_trials * math.prod(len(v["grid_search"]) for v in space.values()
+                                       if isinstance(v, dict) and "grid_search" in v)
+        concurrency = min(total, resources.pop("_concurrency"))
+        # Each trial gets its share of the time, so that every sampled configuration runs.
+        trial_seconds = None
+        if deadline_wall is not None and total > concurrency:
+            trial_seconds = (deadline_wall - time.time()) * concurrency / total
         fixed = base.to_dict()
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, train_data=train_data, val_data=val_data, base=fixed,
-                                 deadline_wall=deadline_wall),
+                                 deadline_wall=deadline_wall, trial_seconds=trial_seconds),
             resources,
         )
         storage_dir = Path(storage_dir).resolve()
@@ -113,8 +119,8 @@ def run_search(
                 trainable,
                 param_space=to_tune_domains(space),
                 tune_config=tune.TuneConfig(
-                    metric="val_map", mode="max", num_samples=num_trials, max_concurrent_trials=concurrency,
-                    time_budget_s=budget, search_alg=_searcher(searcher, seed),
+                    metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
+                    search_alg=_searcher(searcher, seed, concurrency),
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max(base.epochs, 1),
                                             grace_period=min(grace_period, base.epochs), reduction_factor=2),
                 ),
@@ -156,17 +162,17 @@ def _resources(gpus_per_trial: float | None, cpus_per_trial: float | None) -> di
     return {"cpu": cpus, "gpu": gpus, "_concurrency": max(1, concurrency)}
 
 
-def _searcher(name: str, seed: int):
-    from ray.tune.search import BasicVariantGenerator
+def _searcher(name: str, seed: int, concurrency: int):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     if name == "random":
-        return BasicVariantGenerator(random_state=seed)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as exc:
             raise InputError("searcher='optuna' needs optuna: pip install optuna") from exc
-        return OptunaSearch(seed=seed)
+        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
     raise InputError(f"searcher must be 'random' or 'optuna', got {name!r}")
 
 

@@ -24,6 +24,7 @@ def train_trial(
     val_data: Dataset,
     base: dict,
     deadline_wall: float | None,
+    trial_seconds: float | None = None,
 ) -> None:
     """Train one sampled configuration inside a Ray Tune trial.
 
@@ -33,6 +34,8 @@ def train_trial(
         base: the fixed TrainConfig fields (preset merged with the user's hyperparameters).
         deadline_wall: ``time.time()`` by which the trial must have stopped (wall clock, so it
             holds on every node of a cluster).
+        trial_seconds: the trial's own time budget from its start (the search's share for
+            one trial), or None for "until ``deadline_wall``".
 
     Each epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch``, ``time_limit_hit`` and
     the Ray ``node_id`` it ran on;
@@ -52,9 +55,8 @@ def train_trial(
             saved = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
         init_state, start_epoch = saved["state_dict"], int(saved["epoch"]) + 1
         config = config.replace(pretrained=None)  # the checkpoint already holds the weights
-    deadline = None
-    if deadline_wall is not None:
-        deadline = time.monotonic() + (deadline_wall - time.time())
+    ends = [t for t in (deadline_wall, None if trial_seconds is None else time.time() + trial_seconds) if t]
+    deadline = time.monotonic() + (min(ends) - time.time()) if ends else None
 
     node = ray.get_runtime_context().get_node_id()
 
