@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 from .api import fit
 from .config import TrainConfig
+from .data.checks import inspect
 from .data.dataset import Dataset
 from .errors import (
     DatasetError,
@@ -38,5 +39,6 @@ __all__ = [
     "WeightsError",
     "__version__",
     "fit",
+    "inspect",
     "list_models",
 ]

@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .engine.trial import run_trial
 from .errors import DatasetError, InputError, SearchError
@@ -43,6 +44,7 @@ def fit(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
+    on_error: str = "raise",
 ) -> ObjectDetector:
     """Search detectors and hyperparameters on ``train``; keep, save and return the best.
 
@@ -73,11 +75,15 @@ def fit(
         seed: seeds the split, the sampling, initialisation, data order and augmentation.
         resume: continue an interrupted search in ``output_dir`` instead of starting afresh.
         progress: show progress (bars and per-epoch lines in-process; Tune's table otherwise).
+        on_error: what a dataset error found by the up-front check (:func:`detect_automl.inspect`,
+            header-only, seconds) does: ``"raise"`` a DatasetError with the full report before any
+            training, or ``"skip"``: drop exactly the bad images/boxes, with a warning listing them.
 
     Returns:
         The best ObjectDetector, already saved (``detector.path``).
 
     Raises:
+        DatasetError: ``on_error="raise"`` and the data has errors (the message is the report).
         SearchError: every trial failed (the message lists why), or resources are missing.
 
     >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=600, num_trials=4)  # doctest: +SKIP
@@ -85,6 +91,8 @@ def fit(
     start_wall = time.time()
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
+    train = check_dataset(train, on_error)
+    val = check_dataset(val, on_error) if val is not None else None
     if len(train) == 0:
         raise DatasetError("the training dataset has no images")
     searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
@@ -97,7 +105,7 @@ def fit(
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
     if searching:
         detector = _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials,
-                           deadline_wall, output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed,
+                           time_limit, deadline_wall, output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed,
                            resume, progress)
     else:
         detector = _single(train, val, base.replace(**dict(hyperparameters or {})), deadline_wall, progress)
@@ -136,8 +144,8 @@ def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: fl
                           history={"0": outcome.result.history}, metrics=outcome.result.best_metrics)
 
 
-def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, deadline_wall, output,
-            gpus_per_trial, cpus_per_trial, ray_address, searcher, seed, resume, progress) -> ObjectDetector:
+def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, time_limit, deadline_wall,
+            output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed, resume, progress) -> ObjectDetector:
     from .tune.search import run_search
 
     space = {**preset_space(presets, gpu), **dict(search_space or {})}
@@ -158,5 +166,47 @@ def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_t
     config = outcome.best_config
     detector = build(config.model, len(train.classes), pretrained=None, image_size=config.image_size)
     detector.load_state_dict(outcome.best_state)
-    return ObjectDetector(detector, train.classes, config, leaderboard=outcome.leaderboard,
-                          history=outcome.history, metrics=outcome.best_metrics)
+    board, metrics = outcome.leaderboard, outcome.best_metrics
+    if time_limit is not None and not resume:
+        # Ray has shut down by now: only the save is left to reserve time for.
+        save_by = deadline_wall + _reserve(time_limit, True) - _reserve(time_limit, False)
+        board, metrics = _continue_best(detector, config, train, val, board, outcome.history, metrics,
+                                        save_by, time_limit, progress)
+    return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,
+                          metrics=metrics)
+
+
+def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, board, history: dict,
+                   metrics: dict, deadline_wall: float, time_limit: float, progress: bool):
+    """Spend time the search left over (trials stopped early by ASHA free it) on the best trial.
+
+    Only a best trial that its time share cut short is continued, in this process, from its
+    best checkpoint at half its learning rate (a warm restart of the cosine schedule); its row
+    and history are updated, and the detector keeps whichever epoch validates best.
+    """
+    trial_id = metrics["trial_id"]
+    row = board.index[board["trial_id"] == trial_id][0]
+    left = deadline_wall - time.time()
+    if board.at[row, "status"] != "stopped (time limit)" or left < max(15.0, 0.05 * time_limit):
+        return board, metrics
+    done = int(board.at[row, "epochs"])
+    if done >= config.epochs:
+        return board, metrics
+    log.info("continuing trial %s for the %.0f s the search left over", trial_id, left)
+    more = config.replace(pretrained=None, lr=config.lr * 0.5, warmup_steps=min(config.warmup_steps, 10))
+    outcome = run_trial(more, train, val, init_state=detector.state_dict(), start_epoch=done + 1,
+                        deadline=time.monotonic() + left, progress=progress)
+    records = [{k: r[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75") if k in r}
+               for r in outcome.result.history]
+    history[trial_id] = history.get(trial_id, []) + records
+    board = board.copy()
+    board.at[row, "epochs"] = done + len(records)
+    board.at[row, "seconds"] = round(float(board.at[row, "seconds"]) + outcome.seconds, 1)
+    last = outcome.result.history[-1] if outcome.result.history else {}
+    board.at[row, "status"] = ("stopped (time limit)" if last.get("time_limit_hit") else "completed") + " (continued)"
+    new = outcome.result.best_metrics
+    if new and (new["map"], new["map_50"]) > (metrics["map"], metrics["map_50"]):
+        detector.load_state_dict(outcome.detector.state_dict())
+        metrics = {"map": new["map"], "map_50": new["map_50"], "trial_id": trial_id}
+        board.at[row, "val_map"], board.at[row, "val_map_50"] = new["map"], new["map_50"]
+    return sort_leaderboard(board.to_dict("records")), metrics

@@ -12,10 +12,10 @@ from typing import Sequence
 __all__ = ["main"]
 
 
-def _dataset(path: str, fmt: str | None, split: str | None):
+def _dataset(path: str, fmt: str | None, split: str | None, on_error: str = "raise"):
     from .data.dataset import Dataset
 
-    return Dataset(path, format=fmt, split=split)
+    return Dataset(path, format=fmt, split=split, on_error=on_error)
 
 
 def _print_metrics(title: str, metrics: dict) -> None:
@@ -28,17 +28,18 @@ def _print_metrics(title: str, metrics: dict) -> None:
 def _fit(args: argparse.Namespace) -> int:
     from .api import fit
 
-    train = _dataset(args.data, args.format, args.split)
-    val = _dataset(args.data, args.format, args.val_split) if args.val_split else None
+    train = _dataset(args.data, args.format, args.split, args.on_error)
+    val = _dataset(args.data, args.format, args.val_split, args.on_error) if args.val_split else None
     hyperparameters = {"pretrained": None if args.pretrained == "none" else args.pretrained}
     if args.model:
         hyperparameters["model"] = args.model
     print(f"training on {train!r}" + (f", validating on {len(val)} images" if val is not None else ""))
     detector = fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
-                   hyperparameters=hyperparameters, output_dir=args.output, seed=args.seed)
+                   hyperparameters=hyperparameters, output_dir=args.output, seed=args.seed, on_error=args.on_error)
     print(detector.leaderboard().to_string(index=False, max_colwidth=40))
     if args.test_split:
-        _print_metrics(f"test ({args.test_split})", detector.evaluate(_dataset(args.data, args.format, args.test_split)))
+        test = _dataset(args.data, args.format, args.test_split, args.on_error)
+        _print_metrics(f"test ({args.test_split})", detector.evaluate(test, on_error=args.on_error))
     print(f"saved model: {detector.path}")
     return 0
 
@@ -63,26 +64,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .predictor import ObjectDetector
 
     detector = ObjectDetector.load(args.model)
-    metrics = detector.evaluate(_dataset(args.data, args.format, args.split))
+    metrics = detector.evaluate(_dataset(args.data, args.format, args.split, args.on_error), on_error=args.on_error)
     _print_metrics(f"{args.data}" + (f" ({args.split})" if args.split else ""), metrics)
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    data = _dataset(args.data, args.format, args.split)
-    print(repr(data))
-    print(json.dumps(data.stats(), indent=2))
-    return 0
+    from .data.checks import inspect
+
+    report = inspect(args.data, args.format, args.split, decode=args.decode)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report)
+    return 0 if report.ok else 1
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def data_args(p: argparse.ArgumentParser, split_help: str) -> None:
+    def data_args(p: argparse.ArgumentParser, split_help: str, on_error: bool = True) -> None:
         p.add_argument("data", help="VOC root, COCO json, or COCO root with annotations/instances_<split>.json")
         p.add_argument("--format", choices=["voc", "coco"], default=None, help="default: detect")
         p.add_argument("--split", default=None, help=split_help)
+        if on_error:
+            p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
+                           help="bad images/boxes: stop with the report (default), or skip exactly those")
 
     p = sub.add_parser("fit", help="train (and tune) a detector, save it")
     data_args(p, "training split, e.g. train (default: every image)")
@@ -109,8 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     data_args(p, "split to evaluate, e.g. test")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("inspect", help="load a dataset and print its statistics")
-    data_args(p, "split to inspect")
+    p = sub.add_parser("inspect", help="check a dataset: every problem and statistics (exit 1 on errors)")
+    data_args(p, "split to inspect", on_error=False)
+    p.add_argument("--decode", action="store_true", help="decode every image fully (slower; default: headers)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
     return parser
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 __all__ = [
     "DetectAutoMLError",
     "DatasetError",
@@ -18,7 +21,16 @@ class DetectAutoMLError(Exception):
 
 
 class DatasetError(DetectAutoMLError, ValueError):
-    """A dataset file or record is missing, malformed or inconsistent (the message names it)."""
+    """A dataset file or record is missing, malformed or inconsistent (the message names it).
+
+    Attributes:
+        problems: the :class:`~detect_automl.data.problems.Problem` entries behind the error,
+            when known (each with a file, a code and a message); else empty.
+    """
+
+    def __init__(self, message: str = "", problems: Iterable[Any] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
 
 
 class ModelError(DetectAutoMLError):

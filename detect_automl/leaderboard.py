@@ -34,12 +34,13 @@ def sort_leaderboard(rows: list[dict]) -> pd.DataFrame:
 def select_best(board: pd.DataFrame) -> str | None:
     """The trial id to keep: highest val mAP, ties by mAP@50, among trials that did not fail.
 
-    A failed trial is never kept, even if it reported a good mAP before it failed: its last
+    A failed or diverged trial is never kept, even if it reported a good mAP before it failed: its last
     weights may come from a state that then diverged or ran out of memory.
     """
     if board.empty:
         return None
-    ok = board[~board["status"].astype(str).str.startswith("failed") & board["val_map"].notna()]
+    failed = board["status"].astype(str).str.startswith(("failed", "diverged"))
+    ok = board[~failed & board["val_map"].notna()]
     if ok.empty:
         return None
     ranked = ok.sort_values(["val_map", "val_map_50"], ascending=False, kind="stable")

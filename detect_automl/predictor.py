@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
 from .config import TrainConfig
+from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .data.loader import make_loader
 from .engine.evaluate import evaluate as _evaluate
@@ -63,6 +62,12 @@ class ObjectDetector:
         """Trials of the search that made this detector, best first (a copy)."""
         return self._leaderboard.copy()
 
+    def plot_history(self, metric: str = "val_map", ax: Any = None):
+        """Plot ``metric`` per epoch for every trial of the search (needs matplotlib)."""
+        from .viz import plot_history
+
+        return plot_history(self.history, metric, ax)
+
     def predict(
         self,
         images: Any,
@@ -99,13 +104,15 @@ class ObjectDetector:
                                           out["boxes"].numpy()[keep], self.class_names))
         return results[0] if single else results
 
-    def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False) -> dict:
+    def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False, on_error: str = "raise") -> dict:
         """COCO metrics on a labelled dataset: map, map_50, map_75, per_class ({name: AP}), counts.
 
         The dataset's classes are matched to the model's by name; a class the model does not
-        know is an error that names it.
+        know is an error that names it. The data is checked first (:func:`detect_automl.inspect`,
+        headers only): an error raises a DatasetError carrying the report, or with
+        ``on_error="skip"`` the images/boxes it names are left out, with a warning.
         """
-        data = _inputs.match_classes(data, self.class_names)
+        data = _inputs.match_classes(check_dataset(data, on_error), self.class_names)
         loader = make_loader(data, batch_size, train=False)
         return _evaluate(self.model, loader, self.class_names, self.device, progress=progress)
 

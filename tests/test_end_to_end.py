@@ -144,3 +144,15 @@ def test_fit_on_coco_data_with_default_validation_split(datasets_dir, tmp_path):
     assert len(json.loads((detector.path / "history.json").read_text())["0"]) == 1
     metrics = detector.evaluate(da.Dataset(datasets_dir / "fruits_nuts", format="coco", split="val"))
     assert set(metrics["per_class"]) == {"date", "fig", "hazelnut"} and 0.0 <= metrics["map"] <= 1.0
+
+
+def test_plot_history_draws_one_line_per_trial(fitted, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    detector, _, _ = fitted
+    ax = detector.plot_history()
+    assert len(ax.lines) == len(detector.history) == 1
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [r["val_map"] for r in detector.history["0"]])
+    ax.figure.savefig(tmp_path / "history.png")
+    assert (tmp_path / "history.png").stat().st_size > 1000

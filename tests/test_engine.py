@@ -106,3 +106,20 @@ def test_config_validation_names_the_bad_value():
         TrainConfig(optimizer="adam")
     with pytest.raises(InputError, match=r"unknown hyperparameters \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+
+
+@pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                                  "retinanet_resnet50_fpn"])
+def test_images_without_boxes_train(raccoon, name):
+    """A negative image (boxes of shape (0, 4)) in a batch trains, it does not crash (vision#1598)."""
+    from detect_automl.data.records import ImageRecord
+
+    negative = ImageRecord(raccoon[0].path, image_id="negative")
+    data = Dataset.from_records([negative, raccoon[1]], raccoon.classes)
+    loader = make_loader(data, 2, train=True, augment=0.0)
+    images, targets = next(iter(loader))
+    assert sorted(t["boxes"].shape[0] for t in targets)[0] == 0
+    model = build(name, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    stats = train_one_epoch(model, opt, loader, CPU)
+    assert stats["steps"] == 1 and math.isfinite(stats["loss"])

@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from ..errors import DatasetError
 from ._files import check_classes, check_labels, place_images
+from .problems import Invalid, Problem, raise_problem, report_error
 from .records import ImageRecord
 
 __all__ = ["read_coco", "write_coco", "default_images_dir"]
 
+_SKIPPED = {"images": ("image skipped", "id"), "annotations": ("annotation skipped", "image_id"),
+            "categories": ("category skipped", None)}  # what a bad entry costs; its record's key
+
 
 def read_coco(
-    json_path: str | Path, images: str | Path | None = None
+    json_path: str | Path, images: str | Path | None = None, problems: list[Problem] | None = None
 ) -> tuple[list[str], list[ImageRecord], list[int]]:
     """Read a COCO instances file.
 
@@ -28,6 +31,9 @@ def read_coco(
         json_path: the instances JSON file.
         images: folder the ``file_name`` entries are relative to; None tries
             ``<json dir>/../images``, ``<json dir>/images`` and ``<json dir>``, in that order.
+        problems: None raises at the first bad entry; a list collects every one (as errors)
+            and skips the bad entries (an annotation, an image entry, a category). A missing or
+            malformed file, a missing top-level list or image folder still raises.
 
     Returns:
         ``(classes, records, category_ids)``; ``records[i].image_id`` is the COCO image id as text
@@ -41,32 +47,24 @@ def read_coco(
     """
     json_path = Path(json_path)
     data = _load_json(json_path)
-    categories = _entries(data, "categories", json_path, ("id", "name"))
-    cat_ids = sorted(_category_id(c, json_path) for c in categories)
-    if len(set(cat_ids)) != len(cat_ids):
-        raise DatasetError(f"{json_path}: duplicate category ids in {cat_ids}")
-    classes = check_classes(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
+    categories = _categories(data, json_path, problems)
+    cat_ids = [c["id"] for c in categories]
+    classes = check_classes(c["name"] for c in categories)
     label_of = {cid: k for k, cid in enumerate(cat_ids)}
-    image_entries = _entries(data, "images", json_path, ("id", "file_name"))
+    image_entries = _image_entries(data, json_path, problems)
     folder = _images_dir(json_path, image_entries, images)
-    objects: dict[Any, list[tuple]] = {}
-    for entry in image_entries:
-        if entry["id"] in objects:
-            raise DatasetError(f"{json_path}: duplicate image id {entry['id']!r}")
-        objects[entry["id"]] = []
+    objects: dict[Any, list[tuple]] = {entry["id"]: [] for entry in image_entries}
     required = ("image_id", "category_id", "bbox")
-    for k, ann in enumerate(_entries(data, "annotations", json_path, required, optional=True)):
-        where = f"{json_path}: annotation id {ann['id']!r}" if "id" in ann else f"{json_path}: annotation #{k}"
-        if ann["image_id"] not in objects:
-            raise DatasetError(f"{where}: unknown image_id {ann['image_id']!r}")
-        if ann["category_id"] not in label_of:
-            raise DatasetError(f"{where}: unknown category_id {ann['category_id']!r} (declared: {cat_ids})")
-        objects[ann["image_id"]].append(
-            (_xyxy(ann["bbox"], where), label_of[ann["category_id"]],
-             bool(ann.get("iscrowd", 0)), bool(ann.get("difficult", 0)))
-        )
-    records = [_image_record(e, objects[e["id"]], folder, json_path) for e in image_entries]
-    return classes, records, cat_ids
+    for k, ann in _entries(data, "annotations", json_path, required, problems, optional=True):
+        where = f"annotation id {ann['id']!r}" if "id" in ann else f"annotation #{k}"
+        try:
+            parsed = _annotation(ann, where, objects, label_of)
+        except Invalid as exc:
+            report_error(problems, exc.code, json_path, exc.message, str(ann["image_id"]), "annotation skipped")
+        else:
+            objects[ann["image_id"]].append(parsed)
+    records = [_image_record(e, objects[e["id"]], folder, json_path, problems) for e in image_entries]
+    return classes, [r for r in records if r is not None], cat_ids
 
 
 def write_coco(
@@ -123,31 +121,99 @@ def _load_json(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{path}: cannot read COCO file ({exc})") from exc
+        _fatal("annotation_malformed", path, f"cannot read COCO file ({exc})")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DatasetError(f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+        _fatal("annotation_malformed", path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
     if not isinstance(data, dict):
-        raise DatasetError(f"{path}: expected a JSON object with 'images' and 'categories'")
+        _fatal("field_type", path, "expected a JSON object with 'images' and 'categories'")
     return data
 
 
-def _entries(data: dict, key: str, path: Path, required: tuple[str, ...], optional: bool = False) -> list[dict]:
-    """``data[key]`` as a list of dicts, each holding ``required`` keys (missing list allowed if optional)."""
+def _fatal(code: str, path: Path, message: str) -> NoReturn:
+    """Raise a problem that stops reading the file whatever the error policy."""
+    raise_problem(Problem("error", code, str(path), message))
+
+
+def _entries(
+    data: dict, key: str, path: Path, required: tuple[str, ...], problems: list[Problem] | None,
+    optional: bool = False,
+) -> list[tuple[int, dict]]:
+    """``(position, entry)`` for the dicts of ``data[key]`` holding ``required`` keys (others recorded)."""
     if key not in data and optional:
         return []
     entries = data.get(key)
     if not isinstance(entries, list):
-        raise DatasetError(f"{path}: missing or invalid {key!r} list")
+        _fatal("field_missing", path, f"missing or invalid {key!r} list")
+    action, record_key = _SKIPPED[key]
+    valid = []
     for k, entry in enumerate(entries):
         name = f"{key}[{k}]" + (f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else "")
         if not isinstance(entry, dict):
-            raise DatasetError(f"{path}: {name} is not an object")
+            report_error(problems, "field_type", path, f"{name} is not an object", action=action)
+            continue
         missing = [r for r in required if r not in entry]
         if missing:
-            raise DatasetError(f"{path}: {name} has no {', '.join(map(repr, missing))}")
+            report_error(problems, "field_missing", path, f"{name} has no {', '.join(map(repr, missing))}",
+                         str(entry.get(record_key, "")) if record_key else "", action)
+            continue
+        valid.append((k, entry))
+    return valid
+
+
+def _categories(data: dict, path: Path, problems: list[Problem] | None) -> list[dict]:
+    """Category entries in id order; a non-integer or repeated id is recorded and skipped."""
+    kept: dict[int, dict] = {}
+    for _, category in _entries(data, "categories", path, ("id", "name"), problems):
+        cid = category["id"]
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            report_error(problems, "field_type", path, f"category {category['name']!r} has a non-integer id {cid!r}",
+                         action="category skipped")
+        elif cid in kept:
+            report_error(problems, "duplicate_id", path, f"duplicate category id {cid} ({kept[cid]['name']!r} and "
+                         f"{category['name']!r})", action="later category skipped")
+        else:
+            kept[cid] = category
+    return [kept[cid] for cid in sorted(kept)]
+
+
+def _image_entries(data: dict, path: Path, problems: list[Problem] | None) -> list[dict]:
+    """Image entries with a usable, unique id (the others recorded and skipped)."""
+    entries: list[dict] = []
+    seen: set = set()
+    for k, entry in _entries(data, "images", path, ("id", "file_name"), problems):
+        image_id = entry["id"]
+        if not _hashable(image_id):
+            report_error(problems, "field_type", path, f"images[{k}]: id must be a number or a string, got "
+                         f"{image_id!r}", action="image skipped")
+        elif image_id in seen:
+            report_error(problems, "duplicate_id", path, f"duplicate image id {image_id!r} (images[{k}], "
+                         f"{entry['file_name']!r}); its annotations go to the first entry", str(image_id),
+                         "later image entry skipped")
+        else:
+            seen.add(image_id)
+            entries.append(entry)
     return entries
+
+
+def _annotation(ann: dict, where: str, objects: dict, label_of: dict[int, int]) -> tuple:
+    """``(xyxy, label, iscrowd, difficult)`` of one annotation; raises Invalid."""
+    if not _hashable(ann["image_id"]) or ann["image_id"] not in objects:
+        raise Invalid("unknown_image", f"{where}: unknown image_id {ann['image_id']!r}")
+    if not _hashable(ann["category_id"]) or ann["category_id"] not in label_of:
+        raise Invalid("unknown_class", f"{where}: unknown category_id {ann['category_id']!r} "
+                      f"(declared: {list(label_of)})")
+    return (_xyxy(ann["bbox"], where), label_of[ann["category_id"]],
+            bool(ann.get("iscrowd", 0)), bool(ann.get("difficult", 0)))
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _images_dir(json_path: Path, entries: list[dict], images: str | Path | None) -> Path:
@@ -156,18 +222,22 @@ def _images_dir(json_path: Path, entries: list[dict], images: str | Path | None)
     else:
         here = json_path.parent
         candidates = [here.parent / "images", here / "images", here]
-    probe = str(entries[0]["file_name"]) if entries else None
+    probes = [str(e["file_name"]) for e in entries[:20]]  # a few: one missing image must not hide the folder
     for folder in candidates:
-        if folder.is_dir() and (probe is None or (folder / probe).is_file()):
+        if folder.is_dir() and (not probes or any((folder / p).is_file() for p in probes)):
             return folder
     searched = ", ".join(str(c) for c in candidates)
-    raise DatasetError(f"{json_path}: image {probe!r} not found (looked in {searched})")
+    _fatal("image_missing", json_path, f"image {probes[0]!r} not found (looked in {searched})")
 
 
-def _image_record(entry: dict, objects: list[tuple], folder: Path, json_path: Path) -> ImageRecord:
+def _image_record(
+    entry: dict, objects: list[tuple], folder: Path, json_path: Path, problems: list[Problem] | None
+) -> ImageRecord | None:
     path = folder / str(entry["file_name"])
     if not path.is_file():
-        raise DatasetError(f"{json_path}: image id {entry['id']!r}: file {path} not found")
+        report_error(problems, "image_missing", json_path, f"image id {entry['id']!r}: file {path} not found",
+                     str(entry["id"]), "image skipped")
+        return None
     boxes, labels, iscrowd, difficult = zip(*objects) if objects else ((), (), (), ())
     return ImageRecord(
         path=path, width=_int(entry.get("width")), height=_int(entry.get("height")),
@@ -176,20 +246,13 @@ def _image_record(entry: dict, objects: list[tuple], folder: Path, json_path: Pa
     )
 
 
-def _category_id(category: dict, json_path: Path) -> int:
-    cid = category["id"]
-    if not isinstance(cid, int) or isinstance(cid, bool):
-        raise DatasetError(f"{json_path}: category {category['name']!r} has a non-integer id {cid!r}")
-    return cid
-
-
 def _xyxy(bbox: Any, where: str) -> list[float]:
     try:
         x, y, w, h = (float(v) for v in bbox)
     except (TypeError, ValueError):
-        raise DatasetError(f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}") from None
+        raise Invalid("field_type", f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}") from None
     if not np.isfinite([x, y, w, h]).all():
-        raise DatasetError(f"{where}: bbox has a non-finite value: {bbox!r}")
+        raise Invalid("box_nan", f"{where}: bbox has a non-finite value: {bbox!r}")
     return [x, y, x + w, y + h]
 
 

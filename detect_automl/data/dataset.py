@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import DatasetError, InputError
 from ._files import check_classes, check_labels
 from .coco import read_coco, write_coco
+from .problems import Problem, report_error
 from .records import ImageRecord
 from .voc import read_voc, write_voc
 
@@ -19,6 +20,7 @@ __all__ = ["Dataset"]
 logger = logging.getLogger(__name__)
 
 _FORMATS = ("voc", "coco")
+ON_ERROR = ("raise", "skip")
 
 
 class Dataset:
@@ -34,12 +36,18 @@ class Dataset:
             declared category in id order; given, the labels are re-indexed into it by name and
             a used category outside it is an error.
         images: COCO only: the folder ``file_name`` is relative to.
+        on_error: ``"raise"``: a DatasetError listing every bad file, entry and object;
+            ``"skip"``: leave the bad items out (a malformed file or missing image drops that
+            image, a bad object drops that box), list them in ``problems`` and log a warning.
+            Folders or files that cannot be read at all raise either way.
 
     Attributes:
         classes: class names; ``records[i].labels`` index into it.
         records: one ImageRecord per image (images without boxes included).
         root: the path the dataset was read from (None for ``from_records``).
         format: ``"voc"``, ``"coco"`` or None.
+        problems: what ``on_error="skip"`` left out while reading (empty otherwise); every
+            inspection report of this dataset lists them too.
 
     >>> ds = Dataset("datasets/raccoon", split="train")  # doctest: +SKIP
     >>> train, val = ds.split(val_fraction=0.2, seed=0)  # doctest: +SKIP
@@ -52,25 +60,34 @@ class Dataset:
         split: str | None = None,
         classes: Sequence[str] | None = None,
         images: str | Path | None = None,
+        on_error: str = "raise",
     ) -> None:
         path = Path(path)
+        check_on_error(on_error)
         if not path.exists():
             raise DatasetError(f"{path}: dataset path not found")
         format = _detect_format(path, split) if format is None else str(format).lower()
+        problems: list[Problem] = []
         if format == "voc":
             if images is not None:
                 raise InputError("images= applies to COCO datasets only (VOC images live in JPEGImages/)")
-            names, records = read_voc(path, split=split, classes=classes)
+            names, records = read_voc(path, split=split, classes=classes, problems=problems)
         elif format == "coco":
-            names, records, _ = read_coco(_coco_json(path, split), images=images)
+            names, records, _ = read_coco(_coco_json(path, split), images=images, problems=problems)
             if classes is not None:
-                names, records = _reindex(names, records, check_classes(classes))
+                names, records = _reindex(names, records, check_classes(classes), problems)
         else:
             raise InputError(f"format must be one of {_FORMATS} or None, got {format!r}")
+        if problems and on_error == "raise":
+            raise DatasetError(_read_errors(path, problems), problems=problems)
+        if problems:
+            logger.warning("%s: %d bad item(s) left out while reading (on_error='skip'; listed in "
+                           "Dataset.problems and by detect_automl.inspect)", path, len(problems))
         self.classes: list[str] = names
         self.records: list[ImageRecord] = records
         self.root: Path | None = path
         self.format: str | None = format
+        self.problems: list[Problem] = problems
 
     @classmethod
     def from_records(
@@ -88,6 +105,7 @@ class Dataset:
         ds.classes, ds.records = classes, records
         ds.root = Path(root) if root is not None else None
         ds.format = format
+        ds.problems = []
         return ds
 
     def __len__(self) -> int:
@@ -188,14 +206,35 @@ def _coco_json(path: Path, split: str | None) -> Path:
     return json_path
 
 
-def _reindex(names: list[str], records: list[ImageRecord], classes: list[str]) -> tuple[list[str], list[ImageRecord]]:
-    """Re-index COCO labels into a given class list (by name)."""
+def _reindex(
+    names: list[str], records: list[ImageRecord], classes: list[str], problems: list[Problem]
+) -> tuple[list[str], list[ImageRecord]]:
+    """Re-index COCO labels into a given class list (by name); boxes of other classes are recorded."""
     position = {name: k for k, name in enumerate(classes)}
     mapping = np.array([position.get(name, -1) for name in names], dtype=np.int64)
+    out = []
     for rec in records:
         new = mapping[rec.labels]
-        if (new < 0).any():
-            missing = names[int(rec.labels[new < 0][0])]
-            raise DatasetError(f"{rec.source}: image {rec.image_id}: class {missing!r} is not in classes {classes}")
+        known = new >= 0
+        if not known.all():
+            missing = names[int(rec.labels[~known][0])]
+            report_error(problems, "unknown_class", rec.source, f"image {rec.image_id}: class {missing!r} is not "
+                         f"in classes {classes}", rec.image_id, f"{int((~known).sum())} box(es) skipped")
         rec.labels = new
-    return classes, records
+        out.append(rec if known.all() else rec.with_boxes(known))
+    return classes, out
+
+
+def check_on_error(on_error: str) -> None:
+    """Raise InputError unless ``on_error`` is one of :data:`ON_ERROR`."""
+    if on_error not in ON_ERROR:
+        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+
+
+def _read_errors(path: Path, problems: list[Problem]) -> str:
+    """The message of a DatasetError for problems found while reading ``path``."""
+    if len(problems) == 1:
+        return problems[0].text
+    lines = "\n".join(f"  {p.text}" for p in problems)
+    return (f"{path}: {len(problems)} problems in the annotations (pass on_error='skip' to leave the bad items "
+            f"out, or see detect_automl.inspect):\n{lines}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,12 @@ class ImageRecord:
     def name(self) -> str:
         """A short name for messages: the image id, or the file name."""
         return self.image_id or self.path.name
+
+    def with_boxes(self, keep: np.ndarray) -> ImageRecord:
+        """A copy keeping only the boxes (and their labels and flags) where ``keep`` is True."""
+        keep = np.asarray(keep, dtype=bool)
+        return replace(self, boxes=self.boxes[keep], labels=self.labels[keep],
+                       difficult=self.difficult[keep], iscrowd=self.iscrowd[keep])
 
 
 def _flags(values, n: int) -> np.ndarray:

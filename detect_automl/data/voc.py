@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ._files import IMAGE_EXTENSIONS, check_classes, check_labels, check_unique, place_images
+from .problems import Invalid, Problem, report_error
 from .records import ImageRecord
 
 __all__ = ["read_voc", "write_voc"]
@@ -33,10 +34,14 @@ class _VocFile:
     names: list[str]
     boxes: list[list[float]]
     difficult: list[bool]
+    objects: list[int]  # the position of each kept object among the file's <object>s
 
 
 def read_voc(
-    root: str | Path, split: str | None = None, classes: Sequence[str] | None = None
+    root: str | Path,
+    split: str | None = None,
+    classes: Sequence[str] | None = None,
+    problems: list[Problem] | None = None,
 ) -> tuple[list[str], list[ImageRecord]]:
     """Read a Pascal VOC folder.
 
@@ -45,6 +50,9 @@ def read_voc(
         split: name of ``ImageSets/Main/<split>.txt``; None reads every annotation file (sorted).
         classes: class names in id order; None takes the sorted union of the names in every
             annotation file under ``root`` (so all splits of one root agree).
+        problems: None raises at the first bad file or object; a list collects every one
+            (as errors) and skips the bad items: a malformed file or missing image drops that
+            record, a bad object drops that box. A missing folder still raises.
 
     Returns:
         ``(classes, records)``; boxes are ``[xmin, ymin, xmax, ymax]`` exactly as written.
@@ -60,18 +68,18 @@ def read_voc(
     if not ann_dir.is_dir():
         raise DatasetError(f"{root}: not a Pascal VOC folder (no Annotations/ directory)")
     xml_files = {p.stem: p for p in sorted(ann_dir.iterdir()) if p.suffix.lower() == ".xml"}
-    ids = sorted(xml_files) if split is None else _read_split(root, split, xml_files)
-    parsed = {i: _parse_xml(xml_files[i]) for i in ids}
+    ids = sorted(xml_files) if split is None else _read_split(root, split, xml_files, problems)
+    parsed = {i: _parse_xml(xml_files[i], problems) for i in ids}
     if classes is None:
         for stem, path in xml_files.items():  # every file under root, not only the split's
             if stem not in parsed:
-                parsed[stem] = _parse_xml(path)
-        classes = sorted({name for f in parsed.values() for name in f.names})
+                parsed[stem] = _parse_xml(path, problems)
+        classes = sorted({name for f in parsed.values() if f is not None for name in f.names})
     classes = check_classes(classes)
     index = {name: i for i, name in enumerate(classes)}
     images = _ImageIndex(root / "JPEGImages")
-    records = [_to_record(i, parsed[i], index, images) for i in ids]
-    return classes, records
+    records = [_to_record(i, parsed[i], index, images, problems) for i in ids if parsed[i] is not None]
+    return classes, [r for r in records if r is not None]
 
 
 def write_voc(
@@ -116,7 +124,7 @@ def _format_number(value: float) -> str:
     return np.format_float_positional(np.float32(value), trim="-")
 
 
-def _read_split(root: Path, split: str, xml_files: dict[str, Path]) -> list[str]:
+def _read_split(root: Path, split: str, xml_files: dict[str, Path], problems: list[Problem] | None) -> list[str]:
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
     if not split_file.is_file():
         found = sorted(p.stem for p in split_file.parent.glob("*.txt")) if split_file.parent.is_dir() else []
@@ -127,42 +135,64 @@ def _read_split(root: Path, split: str, xml_files: dict[str, Path]) -> list[str]
         if not fields:
             continue
         if fields[0] not in xml_files:
-            raise DatasetError(
-                f"{split_file}, line {lineno}: id {fields[0]!r} has no annotation file "
-                f"{root / 'Annotations' / (fields[0] + '.xml')}"
-            )
+            missing = f"id {fields[0]!r} has no annotation file {root / 'Annotations' / (fields[0] + '.xml')}"
+            if problems is None:
+                raise DatasetError(f"{split_file}, line {lineno}: {missing}")
+            problems.append(Problem("error", "annotation_missing", str(split_file), f"line {lineno}: {missing}",
+                                    fields[0], "id skipped"))
+            continue
         ids.append(fields[0])
     return ids
 
 
-def _parse_xml(path: Path) -> _VocFile:
+def _parse_xml(path: Path, problems: list[Problem] | None) -> _VocFile | None:
+    """One annotation file; None (after recording why) when it cannot be parsed."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
         line, column = exc.position
-        raise DatasetError(f"{path}: malformed XML at line {line}, column {column}: {exc}") from exc
+        message = f"malformed XML at line {line}, column {column}: {exc}"
     except OSError as exc:
-        raise DatasetError(f"{path}: cannot read annotation file ({exc})") from exc
+        message = f"cannot read annotation file ({exc})"
+    else:
+        return _parse_root(root, path, problems)
+    report_error(problems, "annotation_malformed", path, message, path.stem, "annotation file skipped")
+    return None
+
+
+def _parse_root(root: ET.Element, path: Path, problems: list[Problem] | None) -> _VocFile:
     size = root.find("size")
     out = _VocFile(
         xml=path,
         filename=Path((root.findtext("filename") or "").strip().replace("\\", "/")).name,
         width=_size_field(size, "width"),
         height=_size_field(size, "height"),
-        names=[], boxes=[], difficult=[],
+        names=[], boxes=[], difficult=[], objects=[],
     )
     for k, obj in enumerate(root.iter("object")):
-        name = (obj.findtext("name") or "").strip()
-        if not name:
-            raise DatasetError(f"{path}: object #{k} has no <name>")
-        where = f"{path}: object #{k} ({name})"
-        bndbox = obj.find("bndbox")
-        if bndbox is None:
-            raise DatasetError(f"{where}: no <bndbox>")
+        try:
+            name, box, difficult = _parse_object(obj, k)
+        except Invalid as exc:
+            report_error(problems, exc.code, path, exc.message, path.stem, "object skipped")
+            continue
         out.names.append(name)
-        out.boxes.append([_number(bndbox, f, where) for f in _BOX_FIELDS])
-        out.difficult.append(bool(_number(obj, "difficult", where, default=0.0)))
+        out.boxes.append(box)
+        out.difficult.append(difficult)
+        out.objects.append(k)
     return out
+
+
+def _parse_object(obj: ET.Element, k: int) -> tuple[str, list[float], bool]:
+    """``(name, box, difficult)`` of the k-th ``<object>``; raises Invalid."""
+    name = (obj.findtext("name") or "").strip()
+    if not name:
+        raise Invalid("field_missing", f"object #{k} has no <name>")
+    where = f"object #{k} ({name})"
+    bndbox = obj.find("bndbox")
+    if bndbox is None:
+        raise Invalid("field_missing", f"{where}: no <bndbox>")
+    box = [_number(bndbox, f, where) for f in _BOX_FIELDS]
+    return name, box, bool(_number(obj, "difficult", where, default=0.0))
 
 
 def _number(parent: ET.Element, tag: str, where: str, default: float | None = None) -> float:
@@ -170,13 +200,14 @@ def _number(parent: ET.Element, tag: str, where: str, default: float | None = No
     if text is None or not text.strip():
         if default is not None:
             return default
-        raise DatasetError(f"{where}: missing field <{tag}>")
+        raise Invalid("field_missing", f"{where}: missing field <{tag}>")
     try:
         value = float(text)
     except ValueError:
-        raise DatasetError(f"{where}: field <{tag}> is not a number: {text.strip()!r}") from None
+        raise Invalid("field_type", f"{where}: field <{tag}> is not a number: {text.strip()!r}") from None
     if not np.isfinite(value):
-        raise DatasetError(f"{where}: field <{tag}> is not finite: {text.strip()!r}")
+        code = "box_nan" if tag in _BOX_FIELDS else "field_type"
+        raise Invalid(code, f"{where}: field <{tag}> is not finite: {text.strip()!r}")
     return value
 
 
@@ -206,24 +237,32 @@ class _ImageIndex:
         return self.by_stem.get(Path(filename).stem) or self.by_stem.get(image_id)
 
 
-def _to_record(image_id: str, f: _VocFile, index: dict[str, int], images: _ImageIndex) -> ImageRecord:
-    for k, name in enumerate(f.names):
-        if name not in index:
-            raise DatasetError(f"{f.xml}: object #{k} has class {name!r}, not in classes {list(index)}")
+def _to_record(
+    image_id: str, f: _VocFile, index: dict[str, int], images: _ImageIndex, problems: list[Problem] | None
+) -> ImageRecord | None:
+    """The record of one parsed file; None (after recording why) when its image is missing."""
+    known = [name in index for name in f.names]
+    for k, name, ok in zip(f.objects, f.names, known):
+        if not ok:
+            report_error(problems, "unknown_class", f.xml, f"object #{k} has class {name!r}, not in classes "
+                         f"{list(index)}", image_id, "object skipped")
     path = images.find(f.filename, image_id)
     if path is None:
         wanted = f.filename or f"{image_id}.jpg"
-        raise DatasetError(f"{f.xml}: image {wanted!r} not found in {images.folder}")
-    return ImageRecord(
+        report_error(problems, "image_missing", f.xml, f"image {wanted!r} not found in {images.folder}",
+                     image_id, "image skipped")
+        return None
+    record = ImageRecord(
         path=path,
         width=f.width,
         height=f.height,
         boxes=np.asarray(f.boxes, dtype=np.float32).reshape(-1, 4),
-        labels=[index[n] for n in f.names],
+        labels=[index.get(n, -1) for n in f.names],
         difficult=f.difficult,
         image_id=image_id,
         source=str(f.xml),
     )
+    return record if all(known) else record.with_boxes(np.array(known))
 
 
 def _to_xml(classes: Sequence[str], rec: ImageRecord, filename: str) -> ET.Element:

@@ -213,7 +213,7 @@ def train(
         if stats["steps"] == 0 and epoch > 1:
             result.stopped = "time_limit"
             break
-        record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"],
+        record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"], "batch_size": config.batch_size,
                   "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"]}
         # Out of time: the deadline cut this epoch, or not even one more step would fit.
         step_seconds = stats["seconds"] / max(1, stats["steps"])

@@ -54,8 +54,9 @@ def run_trial(
                      image_size=config.image_size)
     if init_state is not None:
         detector.load_state_dict(init_state)
+    # Training images larger than twice what the model looks at are shrunk before augmentation.
     train_loader = make_loader(train_data, config.batch_size, train=True, augment=config.augment,
-                               num_workers=config.num_workers, seed=config.seed)
+                               num_workers=config.num_workers, seed=config.seed, max_side=2 * detector.input_side)
     val_loader = None
     if val_data is not None and len(val_data):
         val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=config.num_workers)

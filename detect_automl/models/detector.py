@@ -32,6 +32,11 @@ class Detector(nn.Module):
         self.num_classes = num_classes
         self.label_offset = spec.label_offset
 
+    @property
+    def input_side(self) -> int:
+        """The shorter side torchvision's transform resizes inputs to (320 for SSDlite)."""
+        return int(self.model.transform.min_size[-1])
+
     def to_model_targets(self, targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         """0-based class ids -> torchvision's label space."""
         return [{**t, "labels": t["labels"] + self.label_offset} for t in targets]

@@ -80,8 +80,6 @@ def run_search(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     started_ray = False
     if not ray.is_initialized():
         if ray_address:
@@ -121,8 +119,7 @@ def run_search(
                 tune_config=tune.TuneConfig(
                     metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
                     search_alg=_searcher(searcher, seed, concurrency),
-                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=max(base.epochs, 1),
-                                            grace_period=min(grace_period, base.epochs), reduction_factor=2),
+                    scheduler=_scheduler(base.epochs, grace_period, trial_seconds or budget),
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=verbose,
@@ -136,6 +133,18 @@ def run_search(
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _scheduler(epochs: int, grace_epochs: int, trial_budget: float | None):
+    """ASHA on wall time when trials are time-bounded (rungs at 1/4, 1/2, 1 of a trial's share),
+    on epochs otherwise. A trial below the median at a rung stops; its slot goes to the next."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if trial_budget is not None:
+        return ASHAScheduler(time_attr="time_total_s", max_t=trial_budget * 2, grace_period=trial_budget / 4,
+                             reduction_factor=2)
+    return ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
+                         grace_period=min(grace_epochs, epochs), reduction_factor=2)
 
 
 def _resources(gpus_per_trial: float | None, cpus_per_trial: float | None) -> dict:
@@ -211,13 +220,16 @@ def _status(result, records: list[dict], params: dict, trial, cut: str) -> str:
     """completed / early-stopped / stopped (time limit) / interrupted / not run (...) / failed: why."""
     if result.error is not None:
         lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
-        return "failed: " + (lines[-1] if lines else type(result.error).__name__)[:200]
+        last = (lines[-1] if lines else type(result.error).__name__)[:200]
+        return f"diverged: {last}" if "TrainingError" in last else f"failed: {last}"
     if trial is not None and trial.status in ("PENDING", "RUNNING", "PAUSED"):
         return cut if records else f"not run ({cut})"
     if not records:
         return "not run (time limit)"
     if records[-1].get("time_limit_hit"):
         return "stopped (time limit)"
-    if int(records[-1].get("epoch", 0)) >= int(params["epochs"]):
-        return "completed"
-    return "early-stopped"
+    status = "completed" if int(records[-1].get("epoch", 0)) >= int(params["epochs"]) else "early-stopped"
+    used = records[-1].get("batch_size_used")
+    if used is not None and int(used) != int(params["batch_size"]):
+        status += f" (out of memory: batch {int(used)})"
+    return status

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -12,7 +14,9 @@ from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..engine.trial import run_trial
 
-__all__ = ["train_trial", "CHECKPOINT_FILE"]
+__all__ = ["train_trial", "run_with_oom_retry", "CHECKPOINT_FILE"]
+
+log = logging.getLogger("detect_automl")
 
 CHECKPOINT_FILE = "detector.pt"
 
@@ -63,7 +67,7 @@ def train_trial(
     def report(record: dict, model: torch.nn.Module) -> None:
         metrics = {k: record[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75",
                                           "time_limit_hit") if k in record}
-        metrics["node_id"] = node
+        metrics.update(node_id=node, batch_size_used=record["batch_size"])
         if not record.get("is_best"):
             tune.report(metrics)
             return
@@ -72,5 +76,26 @@ def train_trial(
                        Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    run_trial(config, train_data, val_data, deadline=deadline, on_epoch=report, init_state=init_state,
-              start_epoch=start_epoch, progress=False)
+    def attempt(cfg: TrainConfig) -> None:
+        run_trial(cfg, train_data, val_data, deadline=deadline, on_epoch=report, init_state=init_state,
+                  start_epoch=start_epoch, progress=False)
+
+    run_with_oom_retry(attempt, config)
+
+
+def run_with_oom_retry(attempt: Callable[[TrainConfig], None], config: TrainConfig) -> None:
+    """Run ``attempt(config)``; on CUDA out-of-memory halve the batch and try again (down to 1).
+
+    The reported ``batch_size_used`` shows the batch a trial ended with; out of memory at batch 1
+    fails the trial like any other error.
+    """
+    while True:
+        try:
+            return attempt(config)
+        except torch.cuda.OutOfMemoryError:
+            if config.batch_size <= 1:
+                raise
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory at batch %d: retrying with batch %d", config.batch_size,
+                        config.batch_size // 2)
+            config = config.replace(batch_size=config.batch_size // 2)
