@@ -32,22 +32,28 @@ def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFra
                    "torch_version": torch.__version__, "torchvision_version": torchvision.__version__,
                    **config}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
+    moved = False
     try:
         torch.save(state_dict, tmp / "model.pt")
         (tmp / "config.json").write_text(json.dumps(full_config, indent=2))
         leaderboard.to_csv(tmp / "leaderboard.csv", index=False)
         (tmp / "history.json").write_text(json.dumps(history, indent=2))
-        old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
+            moved = True
         os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not path.exists():
+            os.replace(old, path)  # put the previous model back
+        if isinstance(exc, OSError):
+            raise ModelError(f"cannot save the model to {path} ({exc.__class__.__name__}: {exc}); "
+                             "any previous model there is unchanged") from exc
         raise
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
     return path
 
 

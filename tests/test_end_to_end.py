@@ -156,3 +156,31 @@ def test_plot_history_draws_one_line_per_trial(fitted, tmp_path):
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [r["val_map"] for r in detector.history["0"]])
     ax.figure.savefig(tmp_path / "history.png")
     assert (tmp_path / "history.png").stat().st_size > 1000
+
+
+def test_an_interrupted_or_disk_full_save_leaves_the_previous_model_intact(fitted, tmp_path, monkeypatch):
+    import errno
+
+    detector, val, _ = fitted
+    target = tmp_path / "saved"
+    detector.save(target)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(da.ModelError, match=r"cannot save the model to .*saved.*No space left on device"):
+        detector.save(target)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no half-written leftovers
+    da.ObjectDetector.load(target)  # still loads
+
+
+def test_predict_on_a_video_file_says_so(fitted, tmp_path):
+    detector, _, _ = fitted
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(da.InputError, match=r"image #0: .*clip.mp4.*not .*image"):
+        detector.predict(str(video))
