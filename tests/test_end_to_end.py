@@ -65,9 +65,13 @@ def test_predict_accepts_path_array_pil_and_lists(fitted):
     assert boxes.shape == (len(scores), 4) and np.all(np.diff(scores) <= 0)  # sorted by score
     assert set(class_ids.tolist()) <= {0} and by_path.labels[:1] == ["raccoon"]
     for other in (detector.predict(array, score_threshold=0.0),
-                  detector.predict(Image.fromarray(array), score_threshold=0.0),
-                  detector.predict([path, array], score_threshold=0.0)[1]):
-        np.testing.assert_allclose(other.boxes, boxes, atol=1e-4)
+                  detector.predict(Image.fromarray(array), score_threshold=0.0)):
+        np.testing.assert_array_equal(other.boxes, boxes)  # one image per forward: the same numbers
+    # In a batch of two, convolutions may sum in another order: boxes near the model's own
+    # score floor can come and go, the confident ones stay.
+    batched = detector.predict([path, array], score_threshold=0.0)[1]
+    np.testing.assert_allclose(batched.boxes[:3], boxes[:3], atol=1e-3)
+    np.testing.assert_allclose(batched.scores[:3], scores[:3], atol=1e-4)
     # Boxes are in original-image pixels: inside the image, and they scale with it.
     h, w = array.shape[:2]
     assert boxes[:, [0, 2]].max() <= w + 1e-3 and boxes[:, [1, 3]].max() <= h + 1e-3
