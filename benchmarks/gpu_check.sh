@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU figures for benchmarks/README.md, run on a lent GPU machine (no network) from the repo root:
-#   carry .devbundle (ray, albumentations, pycocotools for the machine's Python; see benchmarks/README.md)
+#   carry .devbundle, built here first by benchmarks/gpu_bundle/build.sh (ray, albumentations, pycocotools
+#   for the machine's Python 3.12: it has no package registry)
 # Every step has its own timeout and logs to $OUT, so one failure does not hide the others.
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
