@@ -27,6 +27,7 @@ def _print_metrics(title: str, metrics: dict) -> None:
 
 def _fit(args: argparse.Namespace) -> int:
     from .api import fit
+    from .leaderboard import COLUMNS
 
     train = _dataset(args.data, args.format, args.split, args.on_error)
     val = _dataset(args.data, args.format, args.val_split, args.on_error) if args.val_split else None
@@ -36,7 +37,9 @@ def _fit(args: argparse.Namespace) -> int:
     print(f"training on {train!r}" + (f", validating on {len(val)} images" if val is not None else ""))
     detector = fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
                    hyperparameters=hyperparameters, output_dir=args.output, seed=args.seed, on_error=args.on_error)
-    print(detector.leaderboard().to_string(index=False, max_colwidth=40))
+    board = detector.leaderboard()
+    shown = [c for c in [*COLUMNS, "optimizer", "lr", "batch_size", "augment"] if c in board]
+    print(board[shown].to_string(index=False, max_colwidth=48))
     if args.test_split:
         test = _dataset(args.data, args.format, args.test_split, args.on_error)
         _print_metrics(f"test ({args.test_split})", detector.evaluate(test, on_error=args.on_error))
