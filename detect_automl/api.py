@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,9 +16,10 @@ from .config import TrainConfig
 from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .engine.trial import run_trial
-from .errors import DatasetError, InputError, SearchError
+from .errors import DatasetError, InputError, SearchError, WeightsError
 from .leaderboard import leaderboard_row, sort_leaderboard
-from .models import build
+from .models import build, get_spec
+from .models.weights import ensure_weights
 from .predictor import ObjectDetector
 from .tune.space import is_searched, preset_config, preset_space
 
@@ -108,12 +110,29 @@ def fit(
                            time_limit, deadline_wall, output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed,
                            resume, progress)
     else:
-        detector = _single(train, val, base.replace(**dict(hyperparameters or {})), deadline_wall, progress)
+        config = base.replace(**dict(hyperparameters or {}))
+        config = config.replace(pretrained=_resolve_auto(config.pretrained, [config.model]))
+        detector = _single(train, val, config, deadline_wall, progress)
     detector.path = detector.save(output / "model")
     if progress:
         tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "
                    f"to {detector.path} in {time.time() - start_wall:.0f} s")
     return detector
+
+
+def _resolve_auto(pretrained, models: list[str]):
+    """``pretrained="auto"`` -> "coco" when every candidate model's COCO weights can be had (cached
+    or downloaded once, here, before any trial starts), else None with one warning saying why."""
+    if pretrained != "auto":
+        return pretrained
+    try:
+        for name in models:
+            ensure_weights(get_spec(name).coco_weights)
+    except WeightsError as exc:
+        warnings.warn(f"{exc}\nTraining from scratch instead: expect a much lower mAP than with pretrained "
+                      "weights.", stacklevel=3)
+        return None
+    return "coco"
 
 
 def _reserve(time_limit: float | None, searching: bool) -> float:
@@ -153,6 +172,8 @@ def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_t
     fixed.update(dict(hyperparameters or {}))
     space = {k: v for k, v in space.items() if k not in fixed}
     base = base.replace(**fixed)
+    models = space.get("model", [base.model])
+    base = base.replace(pretrained=_resolve_auto(base.pretrained, list(getattr(models, "categories", models))))
     outcome = run_search(train, val, base=base, space=space, num_trials=num_trials, deadline_wall=deadline_wall,
                          storage_dir=output / "trials", gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
                          ray_address=ray_address, searcher=searcher, resume=resume, seed=seed,

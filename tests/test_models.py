@@ -170,3 +170,17 @@ def test_imagenet_backbone_weights_from_cache(tmp_path, monkeypatch):
     detector = build(FAST, 2, pretrained="imagenet")
     first_conv = detector.model.backbone.features[0][0][0].weight
     assert torch.equal(first_conv, backbone_state["features.0.0.weight"])
+
+
+def test_fit_resolves_auto_weights_once_and_says_why_offline(tmp_path, monkeypatch):
+    from detect_automl.api import _resolve_auto
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)
+    with pytest.warns(UserWarning, match=r"(?s)ssdlite320_mobilenet_v3_large_coco-a79551df\.pth.*from scratch instead"):
+        assert _resolve_auto("auto", [FAST, "fasterrcnn_mobilenet_v3_large_fpn"]) is None
+    cached = cached_weights_path(get_spec(FAST).coco_weights)
+    cached.parent.mkdir(parents=True)
+    torch.save({}, cached)
+    assert _resolve_auto("auto", [FAST]) == "coco"  # found in the cache: no download, no warning
+    assert _resolve_auto(None, [FAST]) is None and _resolve_auto("imagenet", [FAST]) == "imagenet"
