@@ -55,3 +55,17 @@ def test_searched_versus_fixed_values():
 def test_bad_ranges_are_named(bad):
     with pytest.raises(InputError, match="search space 'lr'"):
         to_tune_domains({"lr": bad})
+
+
+def test_the_preset_default_is_the_first_point_when_it_lies_in_the_space():
+    from detect_automl.config import TrainConfig
+    from detect_automl.tune.space import default_point
+
+    config = TrainConfig(lr=1e-3, batch_size=4, augment=0.5, weight_decay=1e-4)
+    space = {"lr": ("loguniform", 3e-4, 3e-3), "batch_size": [4, 8], "augment": ("uniform", 0.0, 0.6)}
+    assert default_point(space, config) == {"lr": 1e-3, "batch_size": 4, "augment": 0.5}
+    assert default_point({**space, "batch_size": [8, 16]}, config) is None  # 4 is not a choice
+    assert default_point({"lr": tune.loguniform(1e-4, 1e-2)}, config) is None  # opaque domain: no guess
+    for gpu in (False, True):  # every preset's default is one of its own points
+        for name in list_presets():
+            assert default_point(preset_space(name, gpu), preset_config(name, gpu)) is not None, (name, gpu)

@@ -16,7 +16,7 @@ from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
 from ..leaderboard import leaderboard_row, select_best, sort_leaderboard
-from .space import to_tune_domains
+from .space import default_point, to_tune_domains
 from .trainable import CHECKPOINT_FILE, train_trial
 
 __all__ = ["SearchOutcome", "max_concurrent_trials", "run_search"]
@@ -118,7 +118,7 @@ def run_search(
                 param_space=to_tune_domains(space),
                 tune_config=tune.TuneConfig(
                     metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
-                    search_alg=_searcher(searcher, seed, concurrency),
+                    search_alg=_searcher(searcher, seed, concurrency, default_point(space, base)),
                     scheduler=_scheduler(base.epochs, grace_period, trial_seconds or budget),
                 ),
                 run_config=tune.RunConfig(
@@ -171,17 +171,19 @@ def _resources(gpus_per_trial: float | None, cpus_per_trial: float | None) -> di
     return {"cpu": cpus, "gpu": gpus, "_concurrency": max(1, concurrency)}
 
 
-def _searcher(name: str, seed: int, concurrency: int):
+def _searcher(name: str, seed: int, concurrency: int, first: dict | None):
+    """The search algorithm; ``first`` (the preset's defaults) is the first configuration tried."""
     from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
+    points = [first] if first else None
     if name == "random":
-        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrency, points_to_evaluate=points)
     if name == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as exc:
             raise InputError("searcher='optuna' needs optuna: pip install optuna") from exc
-        return ConcurrencyLimiter(OptunaSearch(seed=seed), max_concurrent=concurrency)
+        return ConcurrencyLimiter(OptunaSearch(seed=seed, points_to_evaluate=points), max_concurrent=concurrency)
     raise InputError(f"searcher must be 'random' or 'optuna', got {name!r}")
 
 
