@@ -17,7 +17,7 @@ from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .engine.trial import run_trial
 from .errors import DatasetError, InputError, SearchError, WeightsError
-from .leaderboard import leaderboard_row, sort_leaderboard
+from .leaderboard import history_record, leaderboard_row, sort_leaderboard
 from .models import build, get_spec
 from .models.weights import ensure_weights
 from .predictor import ObjectDetector
@@ -160,7 +160,8 @@ def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: fl
     status = "stopped (time limit)" if last.get("time_limit_hit") else "completed"
     row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, status)
     return ObjectDetector(outcome.detector, train.classes, config, leaderboard=sort_leaderboard([row]),
-                          history={"0": outcome.result.history}, metrics=outcome.result.best_metrics)
+                          history={"0": [history_record(r) for r in outcome.result.history]},
+                          metrics=outcome.result.best_metrics)
 
 
 def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, time_limit, deadline_wall,
@@ -217,8 +218,7 @@ def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, 
     more = config.replace(pretrained=None, lr=config.lr * 0.5, warmup_steps=min(config.warmup_steps, 10))
     outcome = run_trial(more, train, val, init_state=detector.state_dict(), start_epoch=done + 1,
                         deadline=time.monotonic() + left, progress=progress)
-    records = [{k: r[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75") if k in r}
-               for r in outcome.result.history]
+    records = [history_record(r) for r in outcome.result.history]
     history[trial_id] = history.get(trial_id, []) + records
     board = board.copy()
     board.at[row, "epochs"] = done + len(records)

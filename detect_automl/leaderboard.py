@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["COLUMNS", "leaderboard_row", "sort_leaderboard", "select_best"]
+__all__ = ["COLUMNS", "HISTORY_KEYS", "history_record", "leaderboard_row", "sort_leaderboard", "select_best"]
 
 COLUMNS = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
+HISTORY_KEYS = ("epoch", "loss", "val_map", "val_map_50", "val_map_75")
+"""What ``history.json`` keeps of each epoch."""
+
+
+def history_record(record: dict) -> dict:
+    """The ``HISTORY_KEYS`` of one epoch's record (those present)."""
+    return {k: record[k] for k in HISTORY_KEYS if k in record}
 
 
 def leaderboard_row(trial_id: str, config: dict, history: list[dict], seconds: float, status: str) -> dict:

@@ -15,7 +15,7 @@ import torch
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
-from ..leaderboard import leaderboard_row, select_best, sort_leaderboard
+from ..leaderboard import history_record, leaderboard_row, select_best, sort_leaderboard
 from .space import default_point, to_tune_domains
 from .trainable import CHECKPOINT_FILE, train_trial
 
@@ -198,8 +198,7 @@ def _collect(results, fixed: dict, experiment: Path, cut: str) -> SearchOutcome:
         params = {**fixed, **(result.config or (trial.config if trial is not None else {}))}
         frame = result.metrics_dataframe
         records = [] if frame is None or "val_map" not in frame else frame.to_dict("records")
-        history[trial_id] = [{k: r[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75") if k in r}
-                             for r in records]
+        history[trial_id] = [history_record(r) for r in records]
         seconds = float(records[-1].get("time_total_s", 0.0)) if records else 0.0
         rows.append(leaderboard_row(trial_id, params, history[trial_id], seconds, _status(result, records, params, trial, cut)))
         rows[-1]["node"] = str(records[-1].get("node_id", ""))[:12] if records else ""

@@ -13,6 +13,7 @@ import torch
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..engine.trial import run_trial
+from ..leaderboard import history_record
 
 __all__ = ["train_trial", "run_with_oom_retry", "CHECKPOINT_FILE"]
 
@@ -65,9 +66,8 @@ def train_trial(
     node = ray.get_runtime_context().get_node_id()
 
     def report(record: dict, model: torch.nn.Module) -> None:
-        metrics = {k: record[k] for k in ("epoch", "loss", "val_map", "val_map_50", "val_map_75",
-                                          "time_limit_hit") if k in record}
-        metrics.update(node_id=node, batch_size_used=record["batch_size"])
+        metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"], "node_id": node,
+                   "batch_size_used": record["batch_size"]}
         if not record.get("is_best"):
             tune.report(metrics)
             return
