@@ -156,12 +156,15 @@ def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: fl
 
     deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
     outcome = run_trial(config, train, val, deadline=deadline, on_epoch=report, progress=progress)
-    last = outcome.result.history[-1] if outcome.result.history else {}
-    status = "stopped (time limit)" if last.get("time_limit_hit") else "completed"
-    row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, status)
+    row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, _status(outcome.result))
     return ObjectDetector(outcome.detector, train.classes, config, leaderboard=sort_leaderboard([row]),
                           history={"0": [history_record(r) for r in outcome.result.history]},
                           metrics=outcome.result.best_metrics)
+
+
+def _status(result) -> str:
+    """Leaderboard status of a run trained in this process (TrainResult.stopped)."""
+    return "stopped (time limit)" if result.stopped == "time_limit" else "completed"
 
 
 def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, time_limit, deadline_wall,
@@ -223,8 +226,7 @@ def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, 
     board = board.copy()
     board.at[row, "epochs"] = done + len(records)
     board.at[row, "seconds"] = round(float(board.at[row, "seconds"]) + outcome.seconds, 1)
-    last = outcome.result.history[-1] if outcome.result.history else {}
-    board.at[row, "status"] = ("stopped (time limit)" if last.get("time_limit_hit") else "completed") + " (continued)"
+    board.at[row, "status"] = _status(outcome.result) + " (continued)"
     new = outcome.result.best_metrics
     if new and (new["map"], new["map_50"]) > (metrics["map"], metrics["map_50"]):
         detector.load_state_dict(outcome.detector.state_dict())
