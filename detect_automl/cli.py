@@ -1,4 +1,8 @@
-"""Command line: detect-automl fit | predict | evaluate | inspect."""
+"""detect-automl: train, tune, evaluate and use object detectors from the shell.
+
+Exit codes: 0 success; 1 `inspect` found errors; 2 bad input or a failed run (the message names the
+file, the record and what is wrong); 130 interrupted (Ctrl-C; a search keeps its best trial).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["main"]
 
@@ -35,8 +39,13 @@ def _fit(args: argparse.Namespace) -> int:
     if args.model:
         hyperparameters["model"] = args.model
     print(f"training on {train!r}" + (f", validating on {len(val)} images" if val is not None else ""))
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) is not None:
+            hyperparameters[name] = getattr(args, name)
     detector = fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
-                   hyperparameters=hyperparameters, output_dir=args.output, seed=args.seed, on_error=args.on_error)
+                   hyperparameters=hyperparameters, gpus_per_trial=args.gpus_per_trial,
+                   cpus_per_trial=args.cpus_per_trial, ray_address=args.ray_address, searcher=args.searcher,
+                   output_dir=args.output, seed=args.seed, resume=args.resume, on_error=args.on_error)
     board = detector.leaderboard()
     shown = [c for c in [*COLUMNS, "optimizer", "lr", "batch_size", "augment"] if c in board]
     print(board[shown].to_string(index=False, max_colwidth=48))
@@ -81,7 +90,8 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def data_args(p: argparse.ArgumentParser, split_help: str, on_error: bool = True) -> None:
@@ -92,15 +102,26 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
                            help="bad images/boxes: stop with the report (default), or skip exactly those")
 
-    p = sub.add_parser("fit", help="train (and tune) a detector, save it")
+    p = sub.add_parser("fit", help="train (and tune) a detector, save it", formatter_class=formatter,
+                       description="Search detectors and hyperparameters with Ray Tune; keep and save the best.",
+                       epilog="example:\n  detect-automl fit datasets/raccoon --split train --val-split val "
+                              "--test-split test --time-limit 300 --num-trials 2 --output runs/raccoon")
     data_args(p, "training split, e.g. train (default: every image)")
     p.add_argument("--val-split", default=None, help="validation split (default: hold out 10%% of training)")
     p.add_argument("--test-split", default=None, help="evaluate the saved model on this split at the end")
     p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole fit")
-    p.add_argument("--num-trials", type=int, default=1)
-    p.add_argument("--preset", default="medium_quality")
+    p.add_argument("--num-trials", type=int, default=1, help="configurations to sample (1: a single training)")
+    p.add_argument("--preset", choices=["fast", "medium_quality", "best_quality"], default="medium_quality",
+                   help="search space and defaults for the hardware found")
     p.add_argument("--model", default=None, help="a model name (see detect_automl.list_models())")
     p.add_argument("--pretrained", default="auto", help="auto | coco | imagenet | none | PATH")
+    p.add_argument("--epochs", type=int, default=None, help="fix the number of epochs (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="fix the batch size (default: the preset's)")
+    p.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 to share a GPU (default: 1 with GPUs)")
+    p.add_argument("--cpus-per-trial", type=float, default=None)
+    p.add_argument("--ray-address", default=None, help="run the search on an existing Ray cluster")
+    p.add_argument("--searcher", choices=["random", "optuna"], default="random")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search in --output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="output directory (the saved model goes to OUTPUT/model)")
     p.set_defaults(func=_fit)
