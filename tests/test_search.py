@@ -170,3 +170,38 @@ def test_resume_without_a_previous_search_says_so(data, tmp_path):
     with pytest.raises(da.SearchError, match="no search to resume"):
         da.fit(train, val, time_limit=60, num_trials=2, hyperparameters=FIXED, output_dir=tmp_path,
                resume=True, progress=False)
+
+
+def test_leftover_time_continues_the_best_trial_from_its_weights(data):
+    from detect_automl import api
+    from detect_automl.config import TrainConfig
+    from detect_automl.leaderboard import leaderboard_row, sort_leaderboard
+    from detect_automl.models.registry import build
+
+    train, val = data
+    config = TrainConfig(model="ssdlite320_mobilenet_v3_large", **FIXED)
+    detector = build(config.model, len(train.classes), pretrained=None)
+    before = {k: v.clone() for k, v in detector.state_dict().items()}
+    history = {"t0": [{"epoch": 1, "val_map": 0.0, "val_map_50": 0.0}],
+               "t1": [{"epoch": 1, "val_map": -1.0, "val_map_50": 0.0}]}
+    rows = [leaderboard_row("t0", config.to_dict(), history["t0"], 5.0, "stopped (time limit)"),
+            leaderboard_row("t1", config.to_dict(), history["t1"], 5.0, "early-stopped")]
+    board = sort_leaderboard(rows)
+    metrics = {"map": 0.0, "map_50": 0.0, "trial_id": "t0"}
+
+    # Too little time left: nothing changes.
+    same, same_metrics = api._continue_best(detector, config, train, val, board, history, metrics,
+                                            time.time() + 5, 100, False)
+    assert same is board and same_metrics is metrics
+
+    board, metrics = api._continue_best(detector, config, train, val, board, history, metrics,
+                                        time.time() + 40, 100, False)
+    row = board[board["trial_id"] == "t0"].iloc[0]
+    assert row["status"].endswith("(continued)") and 1 < row["epochs"] <= config.epochs
+    assert [r["epoch"] for r in history["t0"]] == list(range(1, row["epochs"] + 1))  # epochs numbered on
+    assert row["seconds"] > 5.0 and board.iloc[0]["trial_id"] == "t0"
+    new_best = max((r["val_map"], r["val_map_50"]) for r in history["t0"][1:])
+    improved = new_best > (0.0, 0.0)
+    assert metrics["map"] == pytest.approx(max(new_best[0], 0.0)) and row["val_map"] == pytest.approx(metrics["map"])
+    changed = any(not torch.equal(before[k], v) for k, v in detector.state_dict().items())
+    assert changed == improved  # the detector takes the continued weights only when they validate better
