@@ -17,7 +17,7 @@ import pytest
 
 from detect_automl import Dataset, DatasetError, InputError, download_dataset
 from detect_automl.data import download
-from detect_automl.data._fetch import Archive
+from detect_automl.data.download import Archive
 
 COMMIT = "142200ebe97be62981248aa0ffeb7c82f4def95d"
 

@@ -6,6 +6,7 @@ Private to the data package; :mod:`detect_automl.data.download` says which archi
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import tarfile
 import urllib.error
@@ -116,7 +117,7 @@ def _download(archive: Archive, part: Path, target: Path) -> None:
             total = start + int(length) if length else None
             logger.info("downloading %s -> %s%s", archive.url, target, f" (resuming at byte {start})" if start else "")
             with part.open("ab" if start else "wb") as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                                                  desc=archive.filename, disable=None) as bar:
+                                                                  desc=archive.filename) as bar:
                 while chunk := response.read(_CHUNK):
                     f.write(chunk)
                     bar.update(len(chunk))
@@ -124,7 +125,7 @@ def _download(archive: Archive, part: Path, target: Path) -> None:
         if exc.code == 416 and start:  # the .part already holds the whole file: verify it
             return
         raise _by_hand(archive, target, f"the server answered HTTP {exc.code} {exc.reason}") from exc
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, cut
         reason = getattr(exc, "reason", exc)
         raise _by_hand(archive, target, f"no connection or interrupted ({reason})") from exc
 

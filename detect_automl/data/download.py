@@ -26,7 +26,7 @@ from ._fetch import Archive, extract, fetch, file_digest
 from .coco import read_coco, write_coco
 from .records import ImageRecord
 
-__all__ = ["ARCHIVES", "download_dataset"]
+__all__ = ["ARCHIVES", "Archive", "download_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ ARCHIVES: dict[str, tuple[Archive, ...]] = {
                 f"fruit_object_detection-{_FRUIT_COMMIT}.zip", None),
     ),
 }
-"""Dataset name -> the archives it is prepared from."""
+"""Dataset name -> the archives it is prepared from (replace an entry to use a mirror)."""
 
 
 def download_dataset(
@@ -135,7 +135,8 @@ def _build(target: Path, identity: dict, build: Callable[[Path], Path]) -> Path:
         problem = _problem(prepared, identity)
         if problem:
             raise DatasetError(f"{target.name}: the prepared files do not check out: {problem} (an archive in "
-                               "downloads/ may be damaged or changed upstream: delete it to download it again)")
+                               f"{target.parent / 'downloads'} may be damaged or changed upstream: delete it to "
+                               "download it again)")
         prepared.rename(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
