@@ -12,6 +12,7 @@ from .api import fit
 from .config import TrainConfig
 from .data.checks import inspect
 from .data.dataset import Dataset
+from .data.download import download_dataset
 from .errors import (
     DatasetError,
     DetectAutoMLError,
@@ -38,6 +39,7 @@ __all__ = [
     "TrainingError",
     "WeightsError",
     "__version__",
+    "download_dataset",
     "fit",
     "inspect",
     "list_models",

@@ -89,6 +89,22 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _download(args: argparse.Namespace) -> int:
+    from .data.download import download_dataset
+
+    path = download_dataset(args.name, args.root, categories=args.categories, keep_archives=args.keep_archives)
+    print(f"prepared: {path}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from .data.convert import convert
+
+    output = convert(args.data, args.to, args.output, format=args.format, splits=args.split)
+    print(f"wrote {args.to.upper()} dataset: {output}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__, formatter_class=formatter)
@@ -143,6 +159,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", action="store_true", help="decode every image fully (slower; default: headers)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("download", help="download and prepare voc2007 | voc2012 | coco2017 | fruit")
+    p.add_argument("name", choices=["voc2007", "voc2012", "coco2017", "fruit"])
+    p.add_argument("--root", default=".", help="where downloads/ and the prepared <name>/ go (default: .)")
+    p.add_argument("--categories", nargs="+", default=None, help="coco2017: also write a subset of these categories")
+    p.add_argument("--keep-archives", action="store_true", help="keep the archives after preparation")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("convert", help="convert a dataset between VOC and COCO")
+    p.add_argument("data", help="VOC root, COCO json, or COCO root with annotations/instances_<split>.json")
+    p.add_argument("--to", choices=["voc", "coco"], required=True)
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--format", choices=["voc", "coco"], default=None, help="source format (default: detect)")
+    p.add_argument("--split", action="append", default=None,
+                   help="a split to convert (repeat for several; default: every image, as split 'all' in COCO)")
+    p.set_defaults(func=_convert)
     return parser
 
 

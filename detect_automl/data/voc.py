@@ -34,6 +34,7 @@ class _VocFile:
     names: list[str]
     boxes: list[list[float]]
     difficult: list[bool]
+    iscrowd: list[bool]
     objects: list[int]  # the position of each kept object among the file's <object>s
 
 
@@ -91,7 +92,8 @@ def write_voc(
     """Write records as a Pascal VOC folder (image files are copied, names kept).
 
     Each record becomes ``Annotations/<image_id>.xml`` (the file stem when ``image_id`` is empty);
-    with ``split`` the ids are also listed in ``ImageSets/Main/<split>.txt``.
+    with ``split`` the ids are also listed in ``ImageSets/Main/<split>.txt``. A COCO ``iscrowd`` flag
+    is written as ``<iscrowd>1</iscrowd>`` in its object (not a VOC field; read back by ``read_voc``).
 
     Args:
         classes: class names; ``labels`` index into it.
@@ -167,23 +169,24 @@ def _parse_root(root: ET.Element, path: Path, problems: list[Problem] | None) ->
         filename=Path((root.findtext("filename") or "").strip().replace("\\", "/")).name,
         width=_size_field(size, "width"),
         height=_size_field(size, "height"),
-        names=[], boxes=[], difficult=[], objects=[],
+        names=[], boxes=[], difficult=[], iscrowd=[], objects=[],
     )
     for k, obj in enumerate(root.iter("object")):
         try:
-            name, box, difficult = _parse_object(obj, k)
+            name, box, difficult, iscrowd = _parse_object(obj, k)
         except Invalid as exc:
             report_error(problems, exc.code, path, exc.message, path.stem, "object skipped")
             continue
         out.names.append(name)
         out.boxes.append(box)
         out.difficult.append(difficult)
+        out.iscrowd.append(iscrowd)
         out.objects.append(k)
     return out
 
 
-def _parse_object(obj: ET.Element, k: int) -> tuple[str, list[float], bool]:
-    """``(name, box, difficult)`` of the k-th ``<object>``; raises Invalid."""
+def _parse_object(obj: ET.Element, k: int) -> tuple[str, list[float], bool, bool]:
+    """``(name, box, difficult, iscrowd)`` of the k-th ``<object>``; raises Invalid."""
     name = (obj.findtext("name") or "").strip()
     if not name:
         raise Invalid("field_missing", f"object #{k} has no <name>")
@@ -192,7 +195,8 @@ def _parse_object(obj: ET.Element, k: int) -> tuple[str, list[float], bool]:
     if bndbox is None:
         raise Invalid("field_missing", f"{where}: no <bndbox>")
     box = [_number(bndbox, f, where) for f in _BOX_FIELDS]
-    return name, box, bool(_number(obj, "difficult", where, default=0.0))
+    difficult, iscrowd = (bool(_number(obj, tag, where, default=0.0)) for tag in ("difficult", "iscrowd"))
+    return name, box, difficult, iscrowd
 
 
 def _number(parent: ET.Element, tag: str, where: str, default: float | None = None) -> float:
@@ -259,6 +263,7 @@ def _to_record(
         boxes=np.asarray(f.boxes, dtype=np.float32).reshape(-1, 4),
         labels=[index.get(n, -1) for n in f.names],
         difficult=f.difficult,
+        iscrowd=f.iscrowd,
         image_id=image_id,
         source=str(f.xml),
     )
@@ -273,12 +278,14 @@ def _to_xml(classes: Sequence[str], rec: ImageRecord, filename: str) -> ET.Eleme
     for tag, value in (("width", rec.width), ("height", rec.height), ("depth", 3)):
         ET.SubElement(size, tag).text = str(int(value))
     ET.SubElement(root, "segmented").text = "0"
-    for box, label, difficult in zip(rec.boxes, rec.labels, rec.difficult):
+    for box, label, difficult, crowd in zip(rec.boxes, rec.labels, rec.difficult, rec.iscrowd):
         obj = ET.SubElement(root, "object")
         ET.SubElement(obj, "name").text = classes[label]
         ET.SubElement(obj, "pose").text = "Unspecified"
         ET.SubElement(obj, "truncated").text = "0"
         ET.SubElement(obj, "difficult").text = str(int(difficult))
+        if crowd:  # not a VOC field: written only when set, so COCO -> VOC -> COCO keeps it
+            ET.SubElement(obj, "iscrowd").text = "1"
         bndbox = ET.SubElement(obj, "bndbox")
         for tag, value in zip(_BOX_FIELDS, box):
             ET.SubElement(bndbox, tag).text = _format_number(value)
