@@ -64,12 +64,31 @@ def _predict(args: argparse.Namespace) -> int:
     payload = {str(p): r.to_dict()["detections"] for p, r in zip(args.images, results)}
     text = json.dumps(payload, indent=2)
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "predictions.json").write_text(text)
-        print(f"wrote {Path(args.out) / 'predictions.json'}")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "predictions.json").write_text(text)
+        _write_drawn(out, args.images, results)
+        print(f"wrote {out / 'predictions.json'} and {len(results)} drawn images to {out}")
     else:
         print(text)
     return 0
+
+
+def _write_drawn(out: Path, images: Sequence[str], results: list) -> None:
+    """Each image with its detections drawn, as ``out/<stem>.jpg`` (``<stem>_1.jpg``... for repeats)."""
+    from PIL import Image
+
+    from .viz import draw_detections
+
+    taken: set[str] = set()
+    for path, detections in zip(images, results):
+        stem, n = Path(path).stem, 0
+        name = stem
+        while name.lower() in taken:  # case-insensitive file systems too
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.lower())
+        Image.fromarray(draw_detections(path, detections)).save(out / f"{name}.jpg", quality=90)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -146,7 +165,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="saved model directory")
     p.add_argument("images", nargs="+")
     p.add_argument("--score-threshold", type=float, default=None)
-    p.add_argument("--out", default=None, help="write predictions.json here instead of printing")
+    p.add_argument("--out", default=None,
+                   help="write predictions.json and each image with its detections drawn (OUT/<name>.jpg) here, "
+                        "instead of printing")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="COCO mAP of a saved model on a labelled dataset")

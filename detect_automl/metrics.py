@@ -18,6 +18,10 @@ from detect_automl.errors import InputError
 
 __all__ = ["coco_metrics"]
 
+_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval.params.recThrs
+_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval.params.iouThrs
+_CURVE_IOUS = {0.5: "precision_50", 0.75: "precision_75"}  # pr_curves key per IoU threshold
+
 _HEADLINE = {  # result key -> index into COCOeval.stats
     "map": 0,
     "map_50": 1,
@@ -136,6 +140,31 @@ def _per_class(precision: np.ndarray, class_names: Sequence[str], iou_index: int
     return out
 
 
+def _curves(precision: np.ndarray | None, class_names: Sequence[str], has_gt: np.ndarray) -> dict:
+    """The ``pr_curves`` entry: precision at the 101 recall thresholds per class, at IoU .50 and .75.
+
+    ``precision`` is ``COCOeval.eval['precision']`` (area all, 100 dets), or None when nothing was
+    evaluated (no detections): a class with ground truth then has precision 0 everywhere.
+    pycocotools' -1 ("undefined") becomes None: a whole curve for a class without ground truth.
+    """
+    out: dict[str, Any] = {"recall": [round(float(r), 2) for r in _RECALL_THRESHOLDS]}
+    for iou, key in _CURVE_IOUS.items():
+        table: dict[str, list | None] = {}
+        for k, name in enumerate(class_names):
+            if precision is None:
+                table[str(name)] = [0.0] * len(_RECALL_THRESHOLDS) if has_gt[k] else None
+                continue
+            p = precision[_iou_index(iou), :, k, 0, -1]
+            table[str(name)] = [float(v) if v > -1 else None for v in p] if (p > -1).any() else None
+        out[key] = table
+    return out
+
+
+def _iou_index(iou: float) -> int:
+    """Index of ``iou`` in COCO's IoU thresholds 0.50:0.05:0.95."""
+    return int(np.argmin(np.abs(_IOU_THRESHOLDS - iou)))
+
+
 def coco_metrics(
     ground_truth: Sequence[Mapping],
     predictions: Sequence[Mapping],
@@ -157,8 +186,12 @@ def coco_metrics(
     Returns:
         A JSON-serialisable dict: ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``map_small``,
         ``map_medium``, ``map_large``, ``mar_100`` (undefined values are 0.0); ``per_class`` and
-        ``per_class_50`` ({name: AP, or None for a class without ground truth}); ``num_images``,
-        ``num_ground_truth`` (boxes not ignored) and ``num_detections``.
+        ``per_class_50`` ({name: AP, or None for a class without ground truth}); ``pr_curves``
+        (precision-recall curves: ``recall``, COCO's 101 recall thresholds 0, .01, ..., 1, and
+        ``precision_50`` / ``precision_75``, {name: the interpolated precision at each of them
+        at IoU .50 / .75, or None for a class without ground truth}; the mean of a class's
+        ``precision_50`` is its ``per_class_50`` AP); ``num_images``, ``num_ground_truth``
+        (boxes not ignored) and ``num_detections``.
 
     Raises:
         InputError: The two sequences differ in length, or a box/label/score array is malformed.
@@ -183,6 +216,7 @@ def coco_metrics(
         has_gt[gt["labels"][~gt["ignore"]]] = True
     zeros = {str(n): (0.0 if has_gt[k] else None) for k, n in enumerate(class_names)}
     result["per_class"], result["per_class_50"] = dict(zeros), dict(zeros)
+    precision = None
 
     if results and has_gt.any():
         coco_cls, eval_cls = _evaluator(faster)
@@ -198,9 +232,9 @@ def coco_metrics(
         stats = np.asarray(evaluator.stats, dtype=np.float64)
         result.update({key: max(float(stats[i]), 0.0) for key, i in _HEADLINE.items()})
         precision = np.asarray(evaluator.eval["precision"])
-        iou_50 = int(np.argmin(np.abs(np.asarray(evaluator.params.iouThrs) - 0.5)))
         result["per_class"] = _per_class(precision, class_names, None)
-        result["per_class_50"] = _per_class(precision, class_names, iou_50)
+        result["per_class_50"] = _per_class(precision, class_names, _iou_index(0.5))
+    result["pr_curves"] = _curves(precision, class_names, has_gt)
 
     result["num_images"] = len(gts)
     result["num_ground_truth"] = int(sum(int((~g["ignore"]).sum()) for g in gts))

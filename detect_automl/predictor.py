@@ -21,6 +21,9 @@ from . import _inputs, _saving
 
 __all__ = ["ObjectDetector"]
 
+_METRICS_NOT_SAVED = ("seconds", "pr_curves")
+"""Validation metrics left out of config.json: timing, and curves (101 floats x classes x 2)."""
+
 
 class ObjectDetector:
     """A trained object detector: predict, evaluate, save, load.
@@ -107,6 +110,9 @@ class ObjectDetector:
     def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False, on_error: str = "raise") -> dict:
         """COCO metrics on a labelled dataset: map, map_50, map_75, per_class ({name: AP}), counts.
 
+        ``pr_curves`` holds each class's precision-recall curve at IoU .50 and .75: draw them with
+        :func:`detect_automl.viz.plot_pr_curves`, and per-class AP with ``plot_per_class_ap``.
+
         The dataset's classes are matched to the model's by name; a class the model does not
         know is an error that names it. The data is checked first (:func:`detect_automl.inspect`,
         headers only): an error raises a DatasetError carrying the report, or with
@@ -127,7 +133,7 @@ class ObjectDetector:
             "image_size": self.config.image_size,
             "score_threshold": self.score_threshold,
             "hyperparameters": self.config.to_dict(),
-            "metrics": {k: v for k, v in self.metrics.items() if k != "seconds"},
+            "metrics": {k: v for k, v in self.metrics.items() if k not in _METRICS_NOT_SAVED},
         }
         return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history)
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+
+import numpy as np
+import pandas as pd
+from PIL import Image
 
 from detect_automl.cli import main
 
@@ -36,3 +41,34 @@ def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
 def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "no_model"), "x.jpg"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_predict_out_writes_json_and_one_drawn_image_per_input(datasets_dir, tmp_path, capsys):
+    import detect_automl as da
+    from detect_automl.config import TrainConfig
+    from detect_automl.models import build
+
+    model = tmp_path / "model"  # untrained: at score threshold 0 it still finds boxes to draw
+    board = pd.DataFrame([{"trial_id": "0", "model": "ssdlite320_mobilenet_v3_large"}])
+    da.ObjectDetector(build("ssdlite320_mobilenet_v3_large", 1), ["raccoon"], TrainConfig(),
+                      leaderboard=board).save(model)
+    source = sorted((datasets_dir / "raccoon" / "JPEGImages").glob("*.jpg"))[:2]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    images = [shutil.copy(source[0], tmp_path / "a" / "x.jpg"), shutil.copy(source[1], tmp_path / "b" / "x.jpg"),
+              str(source[0])]  # two inputs named x.jpg
+    out = tmp_path / "drawn"
+    assert main(["predict", str(model), *map(str, images), "--score-threshold", "0", "--out", str(out)]) == 0
+    assert f"wrote {out / 'predictions.json'} and 3 drawn images" in capsys.readouterr().out
+    predictions = json.loads((out / "predictions.json").read_text())
+    assert list(predictions) == list(map(str, images)) and all(predictions.values())
+    assert sorted(p.name for p in out.iterdir()) == sorted(["predictions.json", "x.jpg", "x_1.jpg",
+                                                            f"{source[0].stem}.jpg"])
+    for name, original in (("x.jpg", source[0]), ("x_1.jpg", source[1]), (f"{source[0].stem}.jpg", source[0])):
+        with Image.open(out / name) as drawn, Image.open(original) as image:
+            assert drawn.format == "JPEG" and drawn.size == image.size
+            # JPEG-compressed, but visibly changed where boxes were drawn
+            assert np.abs(np.asarray(drawn.convert("RGB"), int) - np.asarray(image.convert("RGB"), int)).max() > 100
+
+    assert main(["predict", str(model), str(source[0]), "--score-threshold", "0.99"]) == 0  # no --out: stdout
+    assert json.loads(capsys.readouterr().out) == {str(source[0]): []}

@@ -34,6 +34,9 @@ def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
     config = json.loads((detector.path / "config.json").read_text())
     assert config["model"] == "ssdlite320_mobilenet_v3_large" and config["class_names"] == ["raccoon"]
     assert config["format_version"] == 1 and config["torch_version"] == torch.__version__
+    # Validation metrics are saved without timing and curves; the in-memory ones keep the curves.
+    assert "per_class" in config["metrics"] and not {"pr_curves", "seconds"} & set(config["metrics"])
+    assert set(detector.metrics["pr_curves"]["precision_50"]) == {"raccoon"}
     board = detector.leaderboard()
     assert list(board.columns[:7]) == ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
     assert len(board) == 1 and board.loc[0, "status"] == "completed" and board.loc[0, "epochs"] == 2

@@ -125,6 +125,11 @@ def test_class_without_ground_truth_is_none_and_result_is_json():
     assert result["per_class"]["a"] == pytest.approx(1.0, abs=TOL)
     assert result["map"] == pytest.approx(1.0, abs=TOL)  # the averaging skips class "c"
     assert json.loads(json.dumps(result)) == result
+    curves = result.pop("pr_curves")
+    assert all(type(r) is float for r in curves["recall"])
+    for key in ("precision_50", "precision_75"):
+        assert curves[key]["c"] is None
+        assert all(type(p) is float for name in "ab" for p in curves[key][name])
     for key, value in result.items():
         if isinstance(value, dict):
             assert all(v is None or type(v) is float for v in value.values()), key
@@ -225,14 +230,14 @@ def _raw_pycocotools(gt, preds, num_classes, tmp_path):
         coco_eval.evaluate()
         coco_eval.accumulate()
         coco_eval.summarize()
-    return coco_eval.stats
+    return coco_eval
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_equals_raw_pycocotools_on_json_files(seed, tmp_path):
     gt, preds = _random_case(seed)
     assert sum(len(g["labels"]) for g in gt) > 5
-    stats = _raw_pycocotools(gt, preds, 3, tmp_path)
+    stats = _raw_pycocotools(gt, preds, 3, tmp_path).stats
     result = coco_metrics(gt, preds, ["c0", "c1", "c2"])
     assert 0.05 < stats[0] < 0.95  # a non-trivial case
     assert result["map"] == pytest.approx(stats[0], abs=1e-12)
@@ -242,3 +247,45 @@ def test_equals_raw_pycocotools_on_json_files(seed, tmp_path):
         assert result[key] == pytest.approx(max(stats[index], 0.0), abs=1e-12), key
     faster = coco_metrics(gt, preds, ["c0", "c1", "c2"], faster=True)  # falls back if absent
     assert faster["map"] == pytest.approx(stats[0], abs=1e-9)
+
+
+def test_pr_curves_of_perfect_predictions_are_one_everywhere():
+    gt = _multi_class_gt()
+    preds = [_pred(g["boxes"], g["labels"], np.ones(len(g["labels"]))) for g in gt]
+    curves = coco_metrics(gt, preds, ["cat", "dog", "bird"])["pr_curves"]
+    assert curves["recall"] == [k / 100 for k in range(101)]
+    for key in ("precision_50", "precision_75"):
+        assert list(curves[key]) == ["cat", "dog", "bird"]
+        for precision in curves[key].values():
+            np.testing.assert_allclose(precision, np.ones(101), atol=TOL)
+
+
+def test_pr_curve_of_a_hit_a_false_positive_and_a_miss():
+    # As in test_hand_computed_false_positive_and_miss: precision 1 up to recall .50, then 0.
+    gt = [_gt([[0, 0, 50, 50], [100, 100, 150, 150]], [0, 0])]
+    preds = [_pred([[0, 0, 50, 50], [200, 200, 240, 240]], [0, 0], [0.9, 0.8])]
+    result = coco_metrics(gt, preds, ["thing"])
+    precision = np.asarray(result["pr_curves"]["precision_50"]["thing"])
+    np.testing.assert_allclose(precision, [1.0] * 51 + [0.0] * 50, atol=1e-6)
+    assert precision.mean() == pytest.approx(result["per_class_50"]["thing"], abs=1e-12)
+
+
+def test_pr_curves_without_detections_are_zero_and_none_without_ground_truth():
+    gt = _multi_class_gt()
+    curves = coco_metrics(gt, [_no_pred() for _ in gt], ["cat", "dog", "bird", "fish"])["pr_curves"]
+    for key in ("precision_50", "precision_75"):
+        assert curves[key]["fish"] is None
+        assert all(curves[key][name] == [0.0] * 101 for name in ("cat", "dog", "bird"))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pr_curves_are_pycocotools_precision_and_average_to_the_ap(seed, tmp_path):
+    gt, preds = _random_case(seed)
+    reference = _raw_pycocotools(gt, preds, 3, tmp_path).eval["precision"]  # [T, R, K, A, M]
+    result = coco_metrics(gt, preds, ["c0", "c1", "c2"])
+    for key, t in (("precision_50", 0), ("precision_75", 5)):
+        for k, name in enumerate(["c0", "c1", "c2"]):
+            np.testing.assert_allclose(result["pr_curves"][key][name], reference[t, :, k, 0, -1], atol=1e-12)
+    for name, ap in result["per_class_50"].items():
+        assert np.mean(result["pr_curves"]["precision_50"][name]) == pytest.approx(ap, abs=1e-12)
+    assert 0.05 < result["map_50"] < 0.99  # curves that are neither all 0 nor all 1
