@@ -14,6 +14,7 @@ import torch
 import torchvision
 
 from .errors import ModelError
+from .leaderboard import COLUMNS
 from .models import Detector, build
 
 __all__ = ["FORMAT_VERSION", "SavedModel", "save_dir", "load_dir"]
@@ -37,7 +38,9 @@ def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFra
     try:
         torch.save(state_dict, tmp / "model.pt")
         (tmp / "config.json").write_text(json.dumps(full_config, indent=2))
-        leaderboard.to_csv(tmp / "leaderboard.csv", index=False)
+        # A board without columns would be written as a bare newline, which no CSV reader takes back.
+        (leaderboard if len(leaderboard.columns) else pd.DataFrame(columns=COLUMNS)).to_csv(
+            tmp / "leaderboard.csv", index=False)
         (tmp / "history.json").write_text(json.dumps(history, indent=2))
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
@@ -90,9 +93,18 @@ def load_dir(path: Path) -> SavedModel:
     except RuntimeError as exc:
         raise ModelError(f"{path / 'model.pt'}: weights do not fit {config['model']} with "
                          f"{len(config['class_names'])} classes: {str(exc).splitlines()[0]}") from exc
-    leaderboard = pd.read_csv(path / "leaderboard.csv", dtype={"trial_id": str}) if (path / "leaderboard.csv").is_file() else pd.DataFrame()
+    leaderboard = _read_leaderboard(path / "leaderboard.csv")
     history = json.loads((path / "history.json").read_text()) if (path / "history.json").is_file() else {}
     return SavedModel(detector, config, leaderboard, history)
+
+
+def _read_leaderboard(file: Path) -> pd.DataFrame:
+    if not file.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    try:
+        return pd.read_csv(file, dtype={"trial_id": str})
+    except (ValueError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise ModelError(f"{file}: not a leaderboard CSV: {str(exc).splitlines()[0]}") from exc
 
 
 def _read_config(file: Path) -> dict:

@@ -15,6 +15,7 @@ from .data.loader import make_loader
 from .engine.evaluate import evaluate as _evaluate
 from .engine.trial import default_device
 from .errors import InputError
+from .leaderboard import COLUMNS
 from .models import Detector
 from .results import Detections
 from . import _inputs, _saving
@@ -50,7 +51,7 @@ class ObjectDetector:
         self.class_names = list(class_names)
         self.config = config
         self.score_threshold = float(score_threshold)
-        self._leaderboard = leaderboard if leaderboard is not None else pd.DataFrame()
+        self._leaderboard = leaderboard if leaderboard is not None else pd.DataFrame(columns=COLUMNS)
         self.history = history or {}
         self.metrics = metrics or {}
         self.device = torch.device(device) if device is not None else default_device()

@@ -116,6 +116,7 @@ class _Evil:
     (lambda d: (d / "config.json").write_text("{not json"), "unreadable config"),
     (lambda d: (d / "config.json").write_text(json.dumps({"format_version": 99})), "newer than this detect_automl"),
     (lambda d: (d / "config.json").write_text(json.dumps({"hello": 1})), "no format_version"),
+    (lambda d: (d / "leaderboard.csv").write_text("\n"), "not a leaderboard CSV"),
 ])
 def test_load_fails_clearly_on_damaged_directories(fitted, tmp_path, damage, message, capsys):
     detector, _, _ = fitted
@@ -125,6 +126,14 @@ def test_load_fails_clearly_on_damaged_directories(fitted, tmp_path, damage, mes
     with pytest.raises(da.ModelError, match=message):
         da.ObjectDetector.load(copy)
     assert "pickle code ran" not in capsys.readouterr().out
+
+
+def test_a_detector_made_by_hand_saves_and_loads(fitted, tmp_path):
+    detector, _, _ = fitted
+    bare = da.ObjectDetector(detector.model, detector.class_names, detector.config)  # no search behind it
+    loaded = da.ObjectDetector.load(bare.save(tmp_path / "bare"))
+    assert loaded.leaderboard().empty and list(loaded.leaderboard().columns[:3]) == ["trial_id", "model", "val_map"]
+    assert loaded.history == {}
 
 
 def test_load_of_a_missing_directory(tmp_path):
