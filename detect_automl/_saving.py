@@ -90,9 +90,16 @@ def load_dir(path: Path) -> SavedModel:
     except RuntimeError as exc:
         raise ModelError(f"{path / 'model.pt'}: weights do not fit {config['model']} with "
                          f"{len(config['class_names'])} classes: {str(exc).splitlines()[0]}") from exc
-    leaderboard = pd.read_csv(path / "leaderboard.csv", dtype={"trial_id": str}) if (path / "leaderboard.csv").is_file() else pd.DataFrame()
+    leaderboard = _read_leaderboard(path / "leaderboard.csv")
     history = json.loads((path / "history.json").read_text()) if (path / "history.json").is_file() else {}
     return SavedModel(detector, config, leaderboard, history)
+
+
+def _read_leaderboard(file: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(file, dtype={"trial_id": str})
+    except (FileNotFoundError, pd.errors.EmptyDataError):  # none, or a detector made without a search
+        return pd.DataFrame()
 
 
 def _read_config(file: Path) -> dict:

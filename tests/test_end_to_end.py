@@ -13,6 +13,7 @@ from PIL import Image
 
 import detect_automl as da
 from detect_automl.data.image import read_image
+from detect_automl.models import build
 
 HYPER = {"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 2}
 
@@ -127,6 +128,13 @@ def test_load_fails_clearly_on_damaged_directories(fitted, tmp_path, damage, mes
 def test_load_of_a_missing_directory(tmp_path):
     with pytest.raises(da.ModelError, match="no saved model here"):
         da.ObjectDetector.load(tmp_path / "nothing")
+
+
+def test_a_detector_made_without_a_search_saves_and_loads(tmp_path):
+    detector = da.ObjectDetector(build("ssdlite320_mobilenet_v3_large", 1), ["raccoon"],
+                                 da.TrainConfig(pretrained=None), device="cpu")
+    loaded = da.ObjectDetector.load(detector.save(tmp_path / "model"))  # empty leaderboard.csv
+    assert loaded.leaderboard().empty and loaded.class_names == ["raccoon"]
 
 
 def test_foreign_weights_for_another_class_count_fail_clearly(fitted, tmp_path):
