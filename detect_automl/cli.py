@@ -80,6 +80,14 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.model, args.output, format=args.format)
+    print(f"exported {args.format}: {path} (sidecar {path.name}.json)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", action="store_true", help="decode every image fully (slower; default: headers)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("export", help="export a saved model to TorchScript or ONNX (+ a JSON sidecar)")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--output", default=None, help="output file or directory (default: inside MODEL)")
+    p.set_defaults(func=_export)
     return parser
 
 
