@@ -1,4 +1,4 @@
-"""detect-automl: train, tune, evaluate and use object detectors from the shell.
+"""detect-automl: train, tune, evaluate, export and use object detectors from the shell.
 
 Exit codes: 0 success; 1 `inspect` found errors; 2 bad input or a failed run (the message names the
 file, the record and what is wrong); 130 interrupted (Ctrl-C; a search keeps its best trial).
@@ -124,6 +124,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    path = export(args.model, args.output, format=args.format)
+    print(f"exported {args.format}: {path} (sidecar {path.name}.json)")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__, formatter_class=formatter)
@@ -196,6 +204,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", action="append", default=None,
                    help="a split to convert (repeat for several; default: every image, as split 'all' in COCO)")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("export", help="export a saved model to TorchScript or ONNX (+ a JSON sidecar)")
+    p.add_argument("model", help="saved model directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    p.add_argument("--output", default=None, help="output file or directory (default: inside MODEL)")
+    p.set_defaults(func=_export)
     return parser
 
 

@@ -138,6 +138,15 @@ class ObjectDetector:
         }
         return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history)
 
+    def export(self, path: str | Path, *, format: str = "torchscript") -> Path:
+        """Export to TorchScript or ONNX (+ a JSON sidecar); see :func:`detect_automl.export.export`.
+
+        >>> detector.export("raccoon.onnx", format="onnx")  # doctest: +SKIP
+        """
+        from .export import export
+
+        return export(self, path, format=format)
+
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> ObjectDetector:
         """Load a directory written by :meth:`save` (tensors only, ``weights_only=True``; no Ray).

@@ -10,7 +10,18 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from .registry import ModelSpec
 
-__all__ = ["Detector"]
+__all__ = ["Detector", "to_class_ids"]
+
+
+def to_class_ids(boxes: Tensor, scores: Tensor, labels: Tensor, label_offset: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's torchvision outputs -> 0-based class ids, background dropped.
+
+    A plain tensor function, so the exported TorchScript/ONNX graphs (detect_automl.export)
+    remove the offset with this same code.
+    """
+    labels = labels - label_offset
+    keep = labels >= 0
+    return boxes[keep], scores[keep], labels[keep]
 
 
 class Detector(nn.Module):
@@ -48,10 +59,9 @@ class Detector(nn.Module):
         """
         results = []
         for out in outputs:
-            out = {k: out[k].cpu() for k in ("boxes", "scores", "labels")}
-            labels = out["labels"] - self.label_offset
-            keep = labels >= 0
-            results.append({"boxes": out["boxes"][keep], "scores": out["scores"][keep], "labels": labels[keep]})
+            boxes, scores, labels = to_class_ids(out["boxes"].cpu(), out["scores"].cpu(), out["labels"].cpu(),
+                                                 self.label_offset)
+            results.append({"boxes": boxes, "scores": scores, "labels": labels})
         return results
 
     def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):

@@ -1,0 +1,177 @@
+"""Export: TorchScript and ONNX files predict what the eager model predicts, on real images."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from detect_automl import InputError, ModelError, ObjectDetector, TrainConfig
+from detect_automl.cli import main
+from detect_automl.data.dataset import Dataset
+from detect_automl.data.image import read_image
+from detect_automl.data.loader import make_loader
+from detect_automl.engine.train import seed_everything
+from detect_automl.export import export
+from detect_automl.models import build
+
+# Different sizes and aspect ratios: the exported graphs take any image size.
+IMAGES = ("raccoon-10.jpg", "raccoon-102.jpg", "raccoon-105.jpg")
+MODELS = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn")
+TOP_K = 20
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on 2 shared cores, 2 threads slow down badly when another job runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def saved(request, datasets_dir, tmp_path_factory):
+    """A from-scratch model with BatchNorm statistics estimated on raccoon images, saved."""
+    name = request.param
+    seed_everything(0)
+    data = Dataset(datasets_dir / "raccoon", split="train")
+    detector = build(name, len(data.classes))
+    _estimate_batchnorm(detector, make_loader(data.subset(4), 2, train=False))
+    path = tmp_path_factory.mktemp("export") / name
+    ObjectDetector(detector, data.classes, TrainConfig(model=name, pretrained=None), device="cpu").save(path)
+    return path
+
+
+def _estimate_batchnorm(detector, loader) -> None:
+    """Forward passes in train mode set BatchNorm's running statistics from real images.
+
+    With its initial statistics an untrained detector gives every image the same scores, and
+    anchors with exactly equal scores make NMS's choice implementation-defined (ONNX Runtime and
+    torch then keep different, equally valid boxes). Estimated statistics make the outputs depend
+    on the image, so the comparison below checks real, well-separated detections.
+    """
+    for module in detector.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the batches
+    detector.train()
+    with torch.no_grad():
+        for images, targets in loader:
+            detector(images, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])
+    detector.eval()
+
+
+def _image(datasets_dir, name: str) -> torch.Tensor:
+    """The documented pre-processing: RGB uint8 HxWx3 -> float32 CHW in [0, 1]."""
+    return torch.from_numpy(read_image(datasets_dir / "raccoon" / "JPEGImages" / name)).permute(2, 0, 1) / 255.0
+
+
+def _assert_contained(a, b) -> None:
+    """Each of ``a``'s top-k detections is in ``b`` (same class, score within 1e-4, box within 1e-2 px)."""
+    a_ids, a_scores, a_boxes = a
+    b_ids, b_scores, b_boxes = b
+    for cls, score, box in zip(a_ids[:TOP_K], a_scores[:TOP_K], a_boxes[:TOP_K]):
+        same = ((b_ids == cls) & (np.abs(b_scores - score) < 1e-4)
+                & (np.abs(b_boxes - box).max(axis=1, initial=0) < 1e-2))
+        assert same.any(), f"class {cls} score {score:.5f} box {box} not found"
+
+
+def _assert_agree(eager, exported) -> None:
+    """Same detections, compared on each side's top-k so near-ties at the tail cannot flake."""
+    boxes, scores, ids = (np.asarray(t) for t in exported)
+    assert boxes.dtype == scores.dtype == np.float32 and ids.dtype == np.int64
+    assert len(eager) > 0 and len(scores) > 0  # never a vacuous comparison
+    assert np.all(np.diff(scores) <= 0)  # sorted by score
+    assert ids.min() >= 0 and ids.max() < len(eager.class_names)  # 0-based, no background
+    _assert_contained(tuple(eager), (ids, scores, boxes))
+    _assert_contained((ids, scores, boxes), tuple(eager))
+
+
+def _sidecar(path):
+    return json.loads(path.with_name(path.name + ".json").read_text())
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+def test_torchscript_predicts_what_the_eager_model_predicts(saved, datasets_dir):
+    detector = ObjectDetector.load(saved, device="cpu")
+    path = detector.export(saved / "exported.torchscript", format="torchscript")
+    scripted = torch.jit.load(str(path))
+    for name in IMAGES:
+        eager = detector.predict(datasets_dir / "raccoon" / "JPEGImages" / name, score_threshold=0)
+        _assert_agree(eager, scripted(_image(datasets_dir, name)))
+    meta = _sidecar(path)
+    assert meta["format"] == "torchscript" and meta["class_names"] == ["raccoon"]
+    assert meta["score_threshold"] == detector.score_threshold and meta["model"] == saved.name
+
+
+def test_onnx_predicts_what_the_eager_model_predicts(saved, datasets_dir):
+    ort = pytest.importorskip("onnxruntime")
+    path = export(saved, format="onnx")
+    assert path == saved / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]
+    assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "class_ids"]
+    detector = ObjectDetector.load(saved, device="cpu")
+    for name in IMAGES:
+        eager = detector.predict(datasets_dir / "raccoon" / "JPEGImages" / name, score_threshold=0)
+        _assert_agree(eager, session.run(None, {"image": _image(datasets_dir, name).numpy()}))
+    meta = _sidecar(path)
+    assert meta["format"] == "onnx" and meta["file"] == "model.onnx" and meta["onnx_opset"] >= 11
+    assert meta["input"]["shape"] == [3, "height", "width"]
+    assert {"torch_version", "torchvision_version", "onnx_version", "detect_automl_version"} <= set(meta)
+
+
+def test_onnx_on_a_300x200_image(saved, datasets_dir, request):
+    """SSD resizes to a fixed size and agrees; Faster R-CNN's ONNX graph does not, for this size."""
+    ort = pytest.importorskip("onnxruntime")
+    if saved.name.startswith("faster"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "known gap: for some sizes (300x200, 300x154, 450x299, 600x400 seen) Faster R-CNN's ONNX "
+            "graph detects differently in ONNX Runtime; the traced resize is the suspect (images that "
+            "need no resize, or a factor 0.5 or 2, agree). TorchScript agrees at every size tried.")))
+    image = _image(datasets_dir, "raccoon-10.jpg")
+    small = torch.nn.functional.interpolate(image[None], size=(200, 300), mode="bilinear")[0]
+    array = (small.permute(1, 2, 0) * 255).round().byte().numpy()
+    path = export(saved, saved.parent / "small.onnx", format="onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    eager = ObjectDetector.load(saved, device="cpu").predict(array, score_threshold=0)
+    _assert_agree(eager, session.run(None, {"image": (torch.from_numpy(array).permute(2, 0, 1) / 255.0).numpy()}))
+
+
+def test_onnx_without_the_extra_says_what_to_install(saved, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    with pytest.raises(ModelError, match=r'pip install "detect-automl\[export\]"'):
+        export(saved, saved.parent / "x.onnx", format="onnx")
+    assert not (saved.parent / "x.onnx").exists()
+
+
+def test_unknown_format_and_unsaved_detector_without_path(saved):
+    with pytest.raises(InputError, match="'tflite'.*torchscript, onnx"):
+        export(saved, format="tflite")
+    with pytest.raises(InputError, match="needs a path"):
+        export(ObjectDetector.load(saved, device="cpu"))
+
+
+def test_a_failure_inside_torch_names_the_model_and_format(saved, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Unsupported op\n  deep torch traceback")
+
+    monkeypatch.setattr(torch.jit, "script", broken)
+    with pytest.raises(ModelError, match=f"cannot export {saved.name} to torchscript: "
+                                         "RuntimeError: Unsupported op$"):
+        export(saved, format="torchscript")
+    assert not (saved / "model.torchscript").exists()
+
+
+def test_cli_export(saved, capsys):
+    out = saved.parent / "cli"
+    out.mkdir()
+    assert main(["export", str(saved), "--format", "torchscript", "--output", str(out)]) == 0
+    assert f"exported torchscript: {out / 'model.torchscript'}" in capsys.readouterr().out
+    assert (out / "model.torchscript").is_file() and (out / "model.torchscript.json").is_file()
+    assert main(["export", str(saved.parent / "missing"), "--format", "onnx"]) == 2
+    assert "error:" in capsys.readouterr().err
