@@ -13,9 +13,9 @@ the caller drops scores below the sidecar's ``score_threshold``, as ``predict()`
 
 Both formats go through TorchScript machinery (``torch.jit.script``; the ``dynamo=False`` ONNX
 exporter, which traces): torch.export cannot capture torchvision's data-dependent NMS. All eight
-registry models export in both formats (torch 2.14, torchvision 0.29). TorchScript matches eager
-predictions at every image size tried (see ``_EagerSizeTransform``); ONNX of Faster R-CNN /
-RetinaNet does not for some sizes (tests/test_export.py, the xfail), SSD models match.
+registry models export in both formats (torch 2.14, torchvision 0.29). Both resize exactly as eager
+mode does (``_EagerSizeTransform``, ``_TracedEagerSizeTransform``), so exported and eager
+predictions agree at every image size tried (tests/test_export.py).
 """
 
 from __future__ import annotations
@@ -81,6 +81,27 @@ class _EagerSizeTransform(GeneralizedRCNNTransform):
         return nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0], target
 
 
+class _TracedEagerSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with eager mode's resize arithmetic, in a traced (ONNX) graph.
+
+    Traced, torchvision computes the scale factor in float32, so for many sizes the image comes out
+    a row or column off eager mode (300x200 -> 479x319, not 480x320) and detections differ. Here
+    the output size is computed as eager mode computes it, in float64 (Python floats), and handed
+    to the ONNX Resize as sizes, not a factor.
+    """
+
+    def resize(self, image: Tensor, target: dict[str, Tensor] | None = None
+               ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        shape = torch._shape_as_tensor(image)[-2:].to(torch.float64)
+        limits = torch.tensor([float(self.min_size[-1]), float(self.max_size)], dtype=torch.float64)
+        # 1-D tensors throughout: the exporter computes 0-d tensors in float32, as Python scalars.
+        sides = torch.stack([shape.amin(dim=0), shape.amax(dim=0)])
+        scale = (limits / sides).amin(dim=0, keepdim=True)
+        size = torch.floor(shape * scale).to(torch.int64)
+        resized = nn.functional.interpolate(image[None], size=[size[0], size[1]], mode="bilinear", align_corners=False)
+        return resized[0], target
+
+
 def export(
     detector: ObjectDetector | str | Path,
     path: str | Path | None = None,
@@ -139,9 +160,10 @@ def _exportable(detector: Detector, scripted: bool = False) -> _Exportable:
     model = copy.deepcopy(detector.model).cpu().eval()
     model._has_warned = True  # silences torchvision's "returns a (Losses, Detections) tuple" warning
     t = model.transform
-    if scripted and t.fixed_size is None:  # SSD's fixed size needs no arithmetic
-        model.transform = _EagerSizeTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
-                                              t.size_divisible, t.fixed_size).eval()
+    if t.fixed_size is None:  # SSD's fixed size needs no arithmetic
+        kind = _EagerSizeTransform if scripted else _TracedEagerSizeTransform
+        model.transform = kind(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible,
+                               t.fixed_size).eval()
     return _Exportable(model, detector.label_offset).eval()
 
 

@@ -70,25 +70,26 @@ def _image(datasets_dir, name: str) -> torch.Tensor:
     return torch.from_numpy(read_image(datasets_dir / "raccoon" / "JPEGImages" / name)).permute(2, 0, 1) / 255.0
 
 
-def _assert_contained(a, b) -> None:
-    """Each of ``a``'s top-k detections is in ``b`` (same class, score within 1e-4, box within 1e-2 px)."""
+def _assert_contained(a, b, score_tol: float = 1e-4, box_tol: float = 1e-2) -> None:
+    """Each of ``a``'s top-k detections is in ``b`` (same class, score and box within the tolerances)."""
     a_ids, a_scores, a_boxes = a
     b_ids, b_scores, b_boxes = b
     for cls, score, box in zip(a_ids[:TOP_K], a_scores[:TOP_K], a_boxes[:TOP_K]):
-        same = ((b_ids == cls) & (np.abs(b_scores - score) < 1e-4)
-                & (np.abs(b_boxes - box).max(axis=1, initial=0) < 1e-2))
+        same = ((b_ids == cls) & (np.abs(b_scores - score) < score_tol)
+                & (np.abs(b_boxes - box).max(axis=1, initial=0) < box_tol))
         assert same.any(), f"class {cls} score {score:.5f} box {box} not found"
 
 
-def _assert_agree(eager, exported) -> None:
+def _assert_agree(eager, exported, score_tol: float = 1e-4, box_tol: float = 1e-2) -> None:
     """Same detections, compared on each side's top-k so near-ties at the tail cannot flake."""
     boxes, scores, ids = (np.asarray(t) for t in exported)
     assert boxes.dtype == scores.dtype == np.float32 and ids.dtype == np.int64
     assert len(eager) > 0 and len(scores) > 0  # never a vacuous comparison
     assert np.all(np.diff(scores) <= 0)  # sorted by score
     assert ids.min() >= 0 and ids.max() < len(eager.class_names)  # 0-based, no background
-    _assert_contained(tuple(eager), (ids, scores, boxes))
-    _assert_contained((ids, scores, boxes), tuple(eager))
+    assert len(scores) == len(eager)
+    _assert_contained(tuple(eager), (ids, scores, boxes), score_tol, box_tol)
+    _assert_contained((ids, scores, boxes), tuple(eager), score_tol, box_tol)
 
 
 def _sidecar(path):
@@ -125,21 +126,24 @@ def test_onnx_predicts_what_the_eager_model_predicts(saved, datasets_dir):
     assert {"torch_version", "torchvision_version", "onnx_version", "detect_automl_version"} <= set(meta)
 
 
-def test_onnx_on_a_300x200_image(saved, datasets_dir, request):
-    """SSD resizes to a fixed size and agrees; Faster R-CNN's ONNX graph does not, for this size."""
+def test_onnx_agrees_at_sizes_whose_resize_factor_is_not_exact(saved, datasets_dir):
+    """Sizes where a float32 scale factor resizes a row or column short of eager mode (300x200 ->
+    479x319, not 480x320) once made Faster R-CNN's ONNX graph detect boxes up to 200 px away.
+
+    The output sizes now match exactly; ONNX Runtime's bilinear weights still differ from torch's
+    by ~4e-5 at ratios that are not exact, hence the looser tolerances (1e-3 score, 0.1 px).
+    """
     ort = pytest.importorskip("onnxruntime")
-    if saved.name.startswith("faster"):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "known gap: for some sizes (300x200, 300x154, 450x299, 600x400 seen) Faster R-CNN's ONNX "
-            "graph detects differently in ONNX Runtime; the traced resize is the suspect (images that "
-            "need no resize, or a factor 0.5 or 2, agree). TorchScript agrees at every size tried.")))
     image = _image(datasets_dir, "raccoon-10.jpg")
-    small = torch.nn.functional.interpolate(image[None], size=(200, 300), mode="bilinear")[0]
-    array = (small.permute(1, 2, 0) * 255).round().byte().numpy()
-    path = export(saved, saved.parent / "small.onnx", format="onnx")
+    path = export(saved, saved.parent / "sizes.onnx", format="onnx")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    eager = ObjectDetector.load(saved, device="cpu").predict(array, score_threshold=0)
-    _assert_agree(eager, session.run(None, {"image": (torch.from_numpy(array).permute(2, 0, 1) / 255.0).numpy()}))
+    detector = ObjectDetector.load(saved, device="cpu")
+    for height, width in [(200, 300), (154, 300), (299, 450), (400, 600)]:
+        small = torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear")[0]
+        array = (small.permute(1, 2, 0) * 255).round().byte().numpy()
+        eager = detector.predict(array, score_threshold=0)
+        exported = session.run(None, {"image": (torch.from_numpy(array).permute(2, 0, 1) / 255.0).numpy()})
+        _assert_agree(eager, exported, score_tol=1e-3, box_tol=0.1)
 
 
 def test_onnx_without_the_extra_says_what_to_install(saved, monkeypatch):
