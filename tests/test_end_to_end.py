@@ -43,8 +43,8 @@ def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
     history = json.loads((detector.path / "history.json").read_text())
     assert [r["epoch"] for r in history["0"]] == [1, 2]
     # The detector holds the best epoch: re-evaluating gives the leaderboard's val mAP. (About one
-    # run in six on a loaded machine the two differed by 6e-5; the cause is not found yet, so the
-    # tolerance allows that, still far below the gap between epochs of a model this young.)
+    # run in six on a loaded machine the two differed by 6e-5; the cause is not found yet, and the
+    # tolerance allows that.)
     assert detector.evaluate(val)["map"] == pytest.approx(board.loc[0, "val_map"], abs=5e-4)
 
 
