@@ -287,3 +287,19 @@ def test_bad_arguments_and_a_foreign_folder(tmp_path):
     (tmp_path / "voc2012").mkdir()  # not ours: never overwritten
     with pytest.raises(DatasetError, match="exists but has no readable .detect_automl_prepared.json"):
         download_dataset("voc2012", tmp_path)
+
+
+def test_cli_download_prepares_and_offline_exits_2_with_the_manual_steps(server, monkeypatch, tmp_path, datasets_dir,
+                                                                         capsys):
+    from detect_automl.cli import main
+
+    body = _tar(_voc_members(datasets_dir / "raccoon", "2012", {"trainval": ["raccoon-1", "raccoon-2"]}))
+    _publish(monkeypatch, server, "voc2012", {"VOCtrainval_11-May-2012.tar": body})
+    assert main(["download", "voc2012", "--root", str(tmp_path / "ok")]) == 0
+    assert f"prepared: {tmp_path / 'ok' / 'voc2012'}" in capsys.readouterr().out
+    assert len(Dataset(tmp_path / "ok" / "voc2012", split="trainval")) == 2
+
+    url = f"http://127.0.0.1:{_closed_port()}/VOCtrainval_11-May-2012.tar"
+    monkeypatch.setitem(download.ARCHIVES, "voc2012", (Archive(url, "voc.tar", None),))
+    assert main(["download", "voc2012", "--root", str(tmp_path / "offline")]) == 2
+    assert f"cannot download {url}" in capsys.readouterr().err
