@@ -60,18 +60,38 @@ def _predict(args: argparse.Namespace) -> int:
     from .predictor import ObjectDetector
 
     detector = ObjectDetector.load(args.model)
-    results = detector.predict(list(args.images), score_threshold=args.score_threshold)
-    payload = {str(p): r.to_dict()["detections"] for p, r in zip(args.images, results)}
+    images = _image_paths(args.images)
+    results = detector.predict(images, score_threshold=args.score_threshold)
+    payload = {str(p): r.to_dict()["detections"] for p, r in zip(images, results)}
     text = json.dumps(payload, indent=2)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "predictions.json").write_text(text)
-        _write_drawn(out, args.images, results)
+        _write_drawn(out, images, results)
         print(f"wrote {out / 'predictions.json'} and {len(results)} drawn images to {out}")
     else:
         print(text)
     return 0
+
+
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _image_paths(items: Sequence[str]) -> list[str]:
+    """The arguments, with each folder replaced by the image files in it (sorted)."""
+    paths: list[str] = []
+    for item in items:
+        if Path(item).is_dir():
+            found = sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            if not found:
+                from .errors import InputError
+
+                raise InputError(f"{item}: a folder without image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    return paths
 
 
 def _write_drawn(out: Path, images: Sequence[str], results: list) -> None:
@@ -171,7 +191,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="detect objects in images with a saved model")
     p.add_argument("model", help="saved model directory")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders of them")
     p.add_argument("--score-threshold", type=float, default=None)
     p.add_argument("--out", default=None,
                    help="write predictions.json and each image with its detections drawn (OUT/<name>.jpg) here, "

@@ -72,3 +72,9 @@ def test_predict_out_writes_json_and_one_drawn_image_per_input(datasets_dir, tmp
 
     assert main(["predict", str(model), str(source[0]), "--score-threshold", "0.99"]) == 0  # no --out: stdout
     assert json.loads(capsys.readouterr().out) == {str(source[0]): []}
+
+    # A folder stands for the images in it; one without images is an error that names it.
+    assert main(["predict", str(model), str(tmp_path / "a"), "--score-threshold", "0.99"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == [str(tmp_path / "a" / "x.jpg")]
+    assert main(["predict", str(model), str(out / "missing"), str(tmp_path)]) == 2
+    assert f"{tmp_path}: a folder without image files" in capsys.readouterr().err
