@@ -16,6 +16,7 @@ import torch
 import detect_automl as da
 from detect_automl.leaderboard import select_best
 from detect_automl.tune.search import max_concurrent_trials
+from detect_automl.tune.space import preset_config
 
 FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2}
 
@@ -205,3 +206,17 @@ def test_leftover_time_continues_the_best_trial_from_its_weights(data):
     assert metrics["map"] == pytest.approx(max(new_best[0], 0.0)) and row["val_map"] == pytest.approx(metrics["map"])
     changed = any(not torch.equal(before[k], v) for k, v in detector.state_dict().items())
     assert changed == improved  # the detector takes the continued weights only when they validate better
+
+
+def test_optuna_searcher_runs_the_default_first_then_its_own_samples(data, tmp_path):
+    pytest.importorskip("optuna")
+    train, val = data
+    detector = da.fit(train, val, time_limit=120, num_trials=2, searcher="optuna", seed=3,
+                      hyperparameters={**FIXED, "epochs": 2}, output_dir=tmp_path, progress=False)
+    board = detector.leaderboard()
+    assert len(board) == 2 and not board["status"].str.startswith("failed").any()
+    default = preset_config("medium_quality", gpu=False)  # tried first, as with the random searcher
+    tried = sorted(zip(board["lr"], board["augment"]))
+    assert (default.lr, default.augment) in tried
+    assert len(set(tried)) == 2  # the other configuration is Optuna's own sample
+    assert detector.metrics["trial_id"] == board.iloc[0]["trial_id"]

@@ -182,7 +182,7 @@ def _searcher(name: str, seed: int, concurrency: int, first: dict | None):
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError as exc:
-            raise InputError("searcher='optuna' needs optuna: pip install optuna") from exc
+            raise InputError('searcher="optuna" needs optuna: pip install "detect-automl[optuna]"') from exc
         return ConcurrencyLimiter(OptunaSearch(seed=seed, points_to_evaluate=points), max_concurrent=concurrency)
     raise InputError(f"searcher must be 'random' or 'optuna', got {name!r}")
 
