@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -106,9 +107,13 @@ def fit(
     base = preset_config(presets, gpu=gpu).replace(seed=seed)
     output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
     if searching:
-        detector = _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials,
-                           time_limit, deadline_wall, output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed,
-                           resume, progress)
+        request = _SearchRequest(
+            space=preset_space(presets, gpu), search_space=dict(search_space or {}),
+            hyperparameters=dict(hyperparameters or {}), num_trials=num_trials, time_limit=time_limit,
+            deadline_wall=deadline_wall, output=output, gpus_per_trial=gpus_per_trial,
+            cpus_per_trial=cpus_per_trial, ray_address=ray_address, searcher=searcher, seed=seed, resume=resume,
+            progress=progress)
+        detector = _search(train, val, base, request)
     else:
         config = base.replace(**dict(hyperparameters or {}))
         config = config.replace(pretrained=_resolve_auto(config.pretrained, [config.model]))
@@ -167,36 +172,56 @@ def _status(result) -> str:
     return "stopped (time limit)" if result.stopped == "time_limit" else "completed"
 
 
-def _search(train, val, base, presets, gpu, search_space, hyperparameters, num_trials, time_limit, deadline_wall,
-            output, gpus_per_trial, cpus_per_trial, ray_address, searcher, seed, resume, progress) -> ObjectDetector:
+@dataclass(frozen=True)
+class _SearchRequest:
+    """What ``fit`` asks of a Ray Tune search (its arguments, with the preset's space resolved)."""
+
+    space: dict
+    search_space: dict
+    hyperparameters: dict
+    num_trials: int
+    time_limit: float | None
+    deadline_wall: float | None
+    output: Path
+    gpus_per_trial: float | None
+    cpus_per_trial: float | None
+    ray_address: str | None
+    searcher: str
+    seed: int
+    resume: bool
+    progress: bool
+
+
+def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchRequest) -> ObjectDetector:
     from .tune.search import run_search
 
-    space = {**preset_space(presets, gpu), **dict(search_space or {})}
+    r = request
+    space = {**r.space, **r.search_space}
     fixed = {k: v for k, v in space.items() if not is_searched(v)}
-    fixed.update(dict(hyperparameters or {}))
+    fixed.update(r.hyperparameters)
     space = {k: v for k, v in space.items() if k not in fixed}
     base = base.replace(**fixed)
     models = space.get("model", [base.model])
     base = base.replace(pretrained=_resolve_auto(base.pretrained, list(getattr(models, "categories", models))))
-    outcome = run_search(train, val, base=base, space=space, num_trials=num_trials, deadline_wall=deadline_wall,
-                         storage_dir=output / "trials", gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-                         ray_address=ray_address, searcher=searcher, resume=resume, seed=seed,
-                         verbose=1 if progress else 0)
+    outcome = run_search(train, val, base=base, space=space, num_trials=r.num_trials, deadline_wall=r.deadline_wall,
+                         storage_dir=r.output / "trials", gpus_per_trial=r.gpus_per_trial,
+                         cpus_per_trial=r.cpus_per_trial, ray_address=r.ray_address, searcher=r.searcher,
+                         resume=r.resume, seed=r.seed, verbose=1 if r.progress else 0)
     if outcome.best_state is None:
         reasons = "\n".join(f"  trial {r.trial_id} ({r.model}): {r.status}" for r in outcome.leaderboard.itertuples())
         raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
     if outcome.leaderboard["status"].astype(str).str.contains("interrupted").any():
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
-                    "with fit(..., output_dir=%r, resume=True)", output / "model", str(output))
+                    "with fit(..., output_dir=%r, resume=True)", r.output / "model", str(r.output))
     config = outcome.best_config
     detector = build(config.model, len(train.classes), pretrained=None, image_size=config.image_size)
     detector.load_state_dict(outcome.best_state)
     board, metrics = outcome.leaderboard, outcome.best_metrics
-    if time_limit is not None and not resume:
+    if r.time_limit is not None and not r.resume:
         # Ray has shut down by now: only the save is left to reserve time for.
-        save_by = deadline_wall + _reserve(time_limit, True) - _reserve(time_limit, False)
+        save_by = r.deadline_wall + _reserve(r.time_limit, True) - _reserve(r.time_limit, False)
         board, metrics = _continue_best(detector, config, train, val, board, outcome.history, metrics,
-                                        save_by, time_limit, progress)
+                                        save_by, r.time_limit, r.progress)
     return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,
                           metrics=metrics)
 
