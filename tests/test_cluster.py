@@ -78,18 +78,26 @@ def two_node_cluster(monkeypatch):
         shutil.rmtree(worker_dir, ignore_errors=True)
 
 
-def test_fit_on_an_existing_two_node_cluster(two_node_cluster, datasets_dir, tmp_path):
-    import ray
+_DRIVER = """
+import sys, ray, detect_automl as da
+data, address, out = sys.argv[1:]
+train = da.Dataset(data, split="train").subset(6)
+val = da.Dataset(data, split="val").subset(2)
+da.fit(train, val, time_limit=150, num_trials=2, ray_address=address, output_dir=out, progress=False,
+       hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 1})
+assert not ray.is_initialized()  # fit disconnected; the cluster is the fixture's to stop
+"""
 
-    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(6)
-    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(2)
-    detector = da.fit(train, val, time_limit=150, num_trials=2, ray_address=two_node_cluster,
-                      hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 1},
-                      output_dir=tmp_path, progress=False)
-    assert not ray.is_initialized()  # we disconnected, and the cluster is the fixture's to stop
-    board = detector.leaderboard()
+
+def test_fit_on_an_existing_two_node_cluster(two_node_cluster, datasets_dir, tmp_path):
+    # The driver runs in its own process: Ray reads its auth mode once per process, so a local
+    # search earlier in this test process would otherwise decide how it talks to the cluster.
+    driver = subprocess.run([sys.executable, "-c", _DRIVER, str(datasets_dir / "raccoon"), two_node_cluster,
+                             str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    loaded = da.ObjectDetector.load(tmp_path / "model")
+    board = loaded.leaderboard()
     assert len(board) == 2 and (board["status"] == "completed").all()
     assert board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
     assert (tmp_path / "trials" / "search").is_dir()  # storage_path both nodes see
-    loaded = da.ObjectDetector.load(detector.path)
     assert loaded.metrics["trial_id"] == board.iloc[0]["trial_id"]
