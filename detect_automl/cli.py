@@ -61,7 +61,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     detector = ObjectDetector.load(args.model)
     images = _image_paths(args.images)
-    results = detector.predict(images, score_threshold=args.score_threshold)
+    results = detector.predict(images, score_threshold=args.score_threshold, progress=True)
     payload = {str(p): r.to_dict()["detections"] for p, r in zip(images, results)}
     text = json.dumps(payload, indent=2)
     if args.out:
@@ -115,7 +115,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .predictor import ObjectDetector
 
     detector = ObjectDetector.load(args.model)
-    metrics = detector.evaluate(_dataset(args.data, args.format, args.split, args.on_error), on_error=args.on_error)
+    metrics = detector.evaluate(_dataset(args.data, args.format, args.split, args.on_error), progress=True,
+                                on_error=args.on_error)
     _print_metrics(f"{args.data}" + (f" ({args.split})" if args.split else ""), metrics)
     return 0
 

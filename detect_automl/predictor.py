@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data.checks import check_dataset
@@ -78,6 +79,7 @@ class ObjectDetector:
         *,
         score_threshold: float | None = None,
         batch_size: int = 8,
+        progress: bool = False,
     ) -> Detections | list[Detections]:
         """Detect objects in one image or a list of images.
 
@@ -85,6 +87,7 @@ class ObjectDetector:
             images: a path, a numpy HxWx3 RGB uint8 array, a PIL image, or a list of these.
             score_threshold: drop detections scoring below this (default: ``self.score_threshold``).
             batch_size: images per forward pass.
+            progress: show a progress bar over the batches.
 
         Returns:
             Detections (boxes in original-image pixels) for one input; a list for a list.
@@ -99,7 +102,8 @@ class ObjectDetector:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         threshold = self.score_threshold if score_threshold is None else float(score_threshold)
         results: list[Detections] = []
-        for start in range(0, len(items), int(batch_size)):
+        starts = range(0, len(items), int(batch_size))
+        for start in tqdm(starts, desc="predict", unit="batch", leave=False, disable=None if progress else True):
             arrays = [_inputs.to_rgb_array(item, start + i) for i, item in enumerate(items[start:start + batch_size])]
             tensors = [torch.from_numpy(a).to(self.device).permute(2, 0, 1).float().div_(255.0) for a in arrays]
             for out in self.model.predict(tensors):
