@@ -220,3 +220,14 @@ def test_optuna_searcher_runs_the_default_first_then_its_own_samples(data, tmp_p
     assert (default.lr, default.augment) in tried
     assert len(set(tried)) == 2  # the other configuration is Optuna's own sample
     assert detector.metrics["trial_id"] == board.iloc[0]["trial_id"]
+
+
+def test_trials_stop_early_only_when_others_wait_for_their_slot():
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from detect_automl.tune.search import _scheduler
+
+    assert isinstance(_scheduler(20, 2, 100.0, queued=True), ASHAScheduler)
+    assert isinstance(_scheduler(20, 2, None, queued=True), ASHAScheduler)
+    # Every trial already has a slot: stopping one would leave its core or GPU idle.
+    assert type(_scheduler(20, 2, 100.0, queued=False)) is FIFOScheduler

@@ -119,7 +119,8 @@ def run_search(
                 tune_config=tune.TuneConfig(
                     metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
                     search_alg=_searcher(searcher, seed, concurrency, default_point(space, base)),
-                    scheduler=_scheduler(base.epochs, grace_period, trial_seconds or budget),
+                    scheduler=_scheduler(base.epochs, grace_period, trial_seconds or budget,
+                                         queued=total > concurrency),
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=verbose,
@@ -135,10 +136,17 @@ def run_search(
             ray.shutdown()
 
 
-def _scheduler(epochs: int, grace_epochs: int, trial_budget: float | None):
+def _scheduler(epochs: int, grace_epochs: int, trial_budget: float | None, *, queued: bool = True):
     """ASHA on wall time when trials are time-bounded (rungs at 1/4, 1/2, 1 of a trial's share),
-    on epochs otherwise. A trial below the median at a rung stops; its slot goes to the next."""
-    from ray.tune.schedulers import ASHAScheduler
+    on epochs otherwise. A trial below the median at a rung stops; its slot goes to the next.
+
+    Without ``queued`` trials (every trial has a slot from the start) a stopped trial's slot would
+    stay idle, so nothing is stopped early: every trial trains until it ends or the deadline.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if not queued:
+        return FIFOScheduler()
 
     if trial_budget is not None:
         return ASHAScheduler(time_attr="time_total_s", max_t=trial_budget * 2, grace_period=trial_budget / 4,
