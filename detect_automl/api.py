@@ -237,7 +237,7 @@ def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, 
     trial_id = metrics["trial_id"]
     row = board.index[board["trial_id"] == trial_id][0]
     left = deadline_wall - time.time()
-    if board.at[row, "status"] != "stopped (time limit)" or left < max(15.0, 0.05 * time_limit):
+    if board.at[row, "status"] != "stopped (time limit)" or left < max(10.0, 0.02 * time_limit):
         return board, metrics
     done = int(board.at[row, "epochs"])
     if done >= config.epochs:

@@ -27,6 +27,8 @@ class TrainConfig:
         warmup_steps: linear warm-up steps from ``lr * 0.001``.
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         grad_clip: max gradient norm (0 disables clipping).
+        ema_decay: decay of the exponential moving average of the weights that is validated
+            and kept (0 disables it and keeps the raw weights).
         image_size: shorter side the model resizes to (ignored by fixed-size SSD models).
         augment: augmentation strength in [0, 1] (0 disables augmentation).
         amp: mixed precision on CUDA (ignored on CPU).
@@ -46,6 +48,7 @@ class TrainConfig:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.01
     grad_clip: float = 10.0
+    ema_decay: float = 0.998
     image_size: int | None = None
     augment: float = 0.5
     amp: bool = True
@@ -61,6 +64,8 @@ class TrainConfig:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:
             raise InputError(f"lr must be > 0, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if not 0.0 <= self.augment <= 1.0:
             raise InputError(f"augment must be in [0, 1], got {self.augment!r}")
 

@@ -13,7 +13,7 @@ from detect_automl.config import TrainConfig
 from detect_automl.data.dataset import Dataset
 from detect_automl.data.loader import make_loader
 from detect_automl.engine import evaluate, train, train_one_epoch
-from detect_automl.engine.train import _WarmupCosine
+from detect_automl.engine.train import ModelEma, _WarmupCosine
 from detect_automl.errors import InputError, TrainingError
 from detect_automl.models import build
 
@@ -85,6 +85,49 @@ def test_train_keeps_the_best_epoch_by_val_map(raccoon):
     assert again["map"] == pytest.approx(best["val_map"], abs=1e-9)
 
 
+def test_model_ema_averages_weights_and_buffers_with_a_ramped_decay():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    ema = ModelEma(model, decay=0.3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    expected = None
+    for step in range(1, 6):
+        model(torch.randn(8, 3)).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+        ema.update(model)
+        current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if expected is None:
+            expected = current  # the first update copies
+        else:
+            decay = min(0.3, (1 + step) / (10 + step))  # the ramp (0.25), then the cap (0.3)
+            expected = {k: (v * decay + current[k] * (1 - decay) if v.is_floating_point() else current[k])
+                        for k, v in expected.items()}
+    averaged = ema.module.state_dict()
+    for key, value in expected.items():
+        assert torch.allclose(averaged[key], value, atol=1e-6), key
+    assert not torch.equal(averaged["0.weight"], model.state_dict()["0.weight"])
+    assert averaged["1.num_batches_tracked"] == 5  # integer buffers follow the model
+    assert averaged["1.running_mean"].abs().sum() > 0  # BatchNorm statistics are averaged too
+
+
+def test_train_validates_and_keeps_the_moving_average(raccoon):
+    model = build("ssdlite320_mobilenet_v3_large", 1)
+    loader = make_loader(raccoon, 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon.subset(2), 2, train=False)
+    config = TrainConfig(pretrained=None, epochs=1, batch_size=2, warmup_steps=1, ema_decay=0.9)
+    passed = []
+    result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
+                   on_epoch=lambda record, m: passed.append(m), progress=False)
+    kept = passed[0]
+    assert kept is not model  # the average, not the raw weights, is reported and checkpointed
+    assert all(torch.equal(result.best_state[k], v) for k, v in kept.state_dict().items())
+    raw = model.state_dict()
+    assert any(not torch.equal(result.best_state[k], raw[k]) for k in raw if raw[k].is_floating_point())
+    assert result.best_metrics["map"] == pytest.approx(evaluate(kept, val_loader, raccoon.classes, CPU)["map"],
+                                                       abs=1e-9)
+
+
 class _Diverging(nn.Module):
     def __init__(self):
         super().__init__()
@@ -104,6 +147,8 @@ def test_nan_loss_raises_training_error(raccoon):
 def test_config_validation_names_the_bad_value():
     with pytest.raises(InputError, match="optimizer must be 'sgd' or 'adamw'"):
         TrainConfig(optimizer="adam")
+    with pytest.raises(InputError, match=r"ema_decay must be in \[0, 1\), got 1.0"):
+        TrainConfig(ema_decay=1.0)
     with pytest.raises(InputError, match=r"unknown hyperparameters \['learning_rate'\]"):
         TrainConfig.from_dict({"learning_rate": 0.1})
 
