@@ -13,7 +13,8 @@ norms and biases from decay: the same arithmetic per step).
   backward, step.
 * ours: ``train_one_epoch(Detector, ...)`` with its defaults (no scheduler, no clipping),
   the Detector from ``detect_automl.models.build``.
-* ours+fit: what ``engine.train`` passes on top (warm-up/cosine scheduler, grad_clip=10), only
+* ours+fit: what ``engine.train`` passes on top (warm-up/cosine scheduler, grad_clip=10, the
+  moving average of the weights), only
   with ``--with-fit-extras``; its overhead is informational, the target applies to "ours".
 
 After warm-up steps on each side, runs alternate plain, ours[, ours+fit], plain, ours, ... each run
@@ -36,8 +37,9 @@ from torchvision.models import detection as tvd
 from _common import add_common_args, environment, median, setup, table, timed
 
 from detect_automl import Dataset
+from detect_automl.config import TrainConfig
 from detect_automl.data.loader import DetectionDataset, collate
-from detect_automl.engine import build_optimizer, train_one_epoch
+from detect_automl.engine import ModelEma, build_optimizer, train_one_epoch
 from detect_automl.engine.train import _WarmupCosine  # what engine.train uses; benchmark-only import
 from detect_automl.models import build
 
@@ -57,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW lr, both sides (default: %(default)s)")
     p.add_argument("--amp", action="store_true", help="torch.autocast bfloat16 on CUDA, both sides (ignored on CPU)")
     p.add_argument("--with-fit-extras", action="store_true",
-                   help="also time ours with the scheduler and grad_clip=10 that engine.train adds")
+                   help="also time ours with the scheduler, grad_clip=10 and weight EMA that engine.train adds")
     return p.parse_args(argv)
 
 
@@ -124,8 +126,9 @@ def main(argv=None) -> int:
         opt_fit = build_optimizer(fit_model, "adamw", args.lr, WEIGHT_DECAY, 0.9)
         total = (args.warmup + args.repeats * len(batches)) * 2
         sched = _WarmupCosine(opt_fit, total, 50, 0.01, 0.0, None)
+        ema = ModelEma(fit_model, TrainConfig.ema_decay)
         sides["ours+fit"] = lambda b: train_one_epoch(fit_model, opt_fit, b, device, amp_dtype=amp_dtype,
-                                                      scheduler=sched, grad_clip=10.0)["loss"]
+                                                      scheduler=sched, ema=ema, grad_clip=10.0)["loss"]
 
     # Warm-up; the first step of each side sees identical weights and data, so equal losses.
     warm = [batches[i % len(batches)] for i in range(max(1, args.warmup))]  # >= 1: the first-step check

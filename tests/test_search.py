@@ -225,9 +225,43 @@ def test_optuna_searcher_runs_the_default_first_then_its_own_samples(data, tmp_p
 def test_trials_stop_early_only_when_others_wait_for_their_slot():
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from detect_automl.tune.search import _scheduler
+    from detect_automl.tune.scheduler import make_scheduler
 
-    assert isinstance(_scheduler(20, 2, 100.0, queued=True), ASHAScheduler)
-    assert isinstance(_scheduler(20, 2, None, queued=True), ASHAScheduler)
+    assert isinstance(make_scheduler(20, 2, 100.0, queued=True), ASHAScheduler)
+    assert isinstance(make_scheduler(20, 2, None, queued=True), ASHAScheduler)
     # Every trial already has a slot: stopping one would leave its core or GPU idle.
-    assert type(_scheduler(20, 2, 100.0, queued=False)) is FIFOScheduler
+    assert type(make_scheduler(20, 2, 100.0, queued=False)) is FIFOScheduler
+
+
+class _Trial:
+    def __init__(self, trial_id, config):
+        self.trial_id, self.config = trial_id, config
+
+
+def test_asha_never_stops_the_preset_default_early_but_measures_the_others_against_it():
+    from ray.tune.schedulers import TrialScheduler
+
+    from detect_automl.tune.scheduler import make_scheduler
+
+    default = {"lr": 1e-3, "augment": 0.5}
+    scheduler = make_scheduler(20, 2, 100.0, queued=True, protected=default)
+    scheduler.set_search_properties("val_map", "max")
+    first, second, default_trial = _Trial("a", {"lr": 2e-3, "augment": 0.1}), \
+        _Trial("b", {"lr": 5e-4, "augment": 0.3}), _Trial("c", dict(default))
+    for trial in (first, second, default_trial):
+        scheduler.on_trial_add(None, trial)
+
+    def at_first_rung(trial, val_map):  # rungs at 25, 50 and 100 s of a 100 s share
+        return scheduler.on_trial_result(None, trial, {"time_total_s": 26.0, "val_map": val_map})
+
+    assert at_first_rung(first, 0.02) == TrialScheduler.CONTINUE  # nothing to compare with yet
+    assert at_first_rung(second, 0.01) == TrialScheduler.STOP  # below the first: plain ASHA
+    assert at_first_rung(default_trial, 0.005) == TrialScheduler.CONTINUE  # as low, but kept
+    late = _Trial("d", {"lr": 1e-4, "augment": 0.0})
+    scheduler.on_trial_add(None, late)
+    # The default's 0.005 is in the rung: the median of 0.02, 0.01, 0.005 is 0.01, so 0.012 goes on
+    # (against 0.02 and 0.01 alone the median would be 0.015 and it would stop).
+    assert at_first_rung(late, 0.012) == TrialScheduler.CONTINUE
+    # At max_t the default stops like any other trial.
+    assert scheduler.on_trial_result(None, default_trial, {"time_total_s": 200.0, "val_map": 0.3}) \
+        == TrialScheduler.STOP

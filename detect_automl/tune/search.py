@@ -80,6 +80,8 @@ def run_search(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     import ray
     from ray import tune
+
+    from .scheduler import make_scheduler  # imports Ray
     started_ray = False
     if not ray.is_initialized():
         if ray_address:
@@ -119,8 +121,8 @@ def run_search(
                 tune_config=tune.TuneConfig(
                     metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
                     search_alg=_searcher(searcher, seed, concurrency, default_point(space, base)),
-                    scheduler=_scheduler(base.epochs, grace_period, trial_seconds or budget,
-                                         queued=total > concurrency),
+                    scheduler=make_scheduler(base.epochs, grace_period, trial_seconds or budget,
+                                             queued=total > concurrency, protected=default_point(space, base)),
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=verbose,
@@ -134,25 +136,6 @@ def run_search(
     finally:
         if started_ray:
             ray.shutdown()
-
-
-def _scheduler(epochs: int, grace_epochs: int, trial_budget: float | None, *, queued: bool = True):
-    """ASHA on wall time when trials are time-bounded (rungs at 1/4, 1/2, 1 of a trial's share),
-    on epochs otherwise. A trial below the median at a rung stops; its slot goes to the next.
-
-    Without ``queued`` trials (every trial has a slot from the start) a stopped trial's slot would
-    stay idle, so nothing is stopped early: every trial trains until it ends or the deadline.
-    """
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    if not queued:
-        return FIFOScheduler()
-
-    if trial_budget is not None:
-        return ASHAScheduler(time_attr="time_total_s", max_t=trial_budget * 2, grace_period=trial_budget / 4,
-                             reduction_factor=2)
-    return ASHAScheduler(time_attr="training_iteration", max_t=max(epochs, 1),
-                         grace_period=min(grace_epochs, epochs), reduction_factor=2)
 
 
 def _resources(gpus_per_trial: float | None, cpus_per_trial: float | None) -> dict:

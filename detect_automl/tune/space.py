@@ -93,8 +93,8 @@ def preset_space(name: str, gpu: bool) -> dict:
 def default_point(space: dict, config: TrainConfig) -> dict | None:
     """The preset's own values for the searched keys, when each lies in its range or choices.
 
-    Tried as the first trial (Ray Tune's ``points_to_evaluate``), so a search does at least as
-    well as the preset's default configuration given the same time.
+    Tried as the first trial (Ray Tune's ``points_to_evaluate``) and never stopped early by ASHA
+    (``scheduler.DefaultKeepingASHA``), so the default always gets its full share of the time.
     """
     point = {}
     for key, value in space.items():
