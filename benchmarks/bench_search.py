@@ -26,6 +26,8 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per trial")
     parser.add_argument("--output", default="/tmp/bench_search")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fixed hyperparameter, e.g. --set ema_decay=0 (repeatable; VALUE is JSON)")
     args = parser.parse_args()
 
     train = da.Dataset(args.data, split="train")
@@ -34,6 +36,9 @@ def main() -> None:
     fixed = {"pretrained": None, "epochs": 200}
     if args.num_workers is not None:
         fixed["num_workers"] = args.num_workers
+    for item in args.set:
+        key, _, value = item.partition("=")
+        fixed[key] = json.loads(value)
     start = time.time()
     detector = da.fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
                       gpus_per_trial=args.gpus_per_trial, hyperparameters=fixed, output_dir=args.output)
@@ -51,7 +56,7 @@ def main() -> None:
         "trials_run": int((board["epochs"] > 0).sum()), "trial_seconds_sum": round(trial_seconds, 1),
         "best_model": detector.model_name, "best_val_map": detector.metrics.get("map"),
         "test_map": round(metrics["map"], 4), "test_map_50": round(metrics["map_50"], 4),
-        "approx_concurrency": concurrency,
+        "approx_concurrency": concurrency, "fixed": fixed,
     }
     print(json.dumps(figures, indent=2))
     if args.json:
