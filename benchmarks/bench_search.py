@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--preset", default="medium_quality")
     parser.add_argument("--gpus-per-trial", type=float, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per trial")
+    parser.add_argument("--seed", type=int, default=0, help="fit's seed (initial weights, data order, samples)")
     parser.add_argument("--output", default="/tmp/bench_search")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -41,7 +42,7 @@ def main() -> None:
         fixed[key] = json.loads(value)
     start = time.time()
     detector = da.fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
-                      gpus_per_trial=args.gpus_per_trial, hyperparameters=fixed, output_dir=args.output)
+                      seed=args.seed, gpus_per_trial=args.gpus_per_trial, hyperparameters=fixed, output_dir=args.output)
     wall = time.time() - start
     board = detector.leaderboard()
     metrics = detector.evaluate(test)

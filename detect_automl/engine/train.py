@@ -87,7 +87,7 @@ class ModelEma:
     The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
     averages roughly its last tenth of steps and a long one the last ``1 / (1 - decay)`` steps.
     The average is what gets validated, checkpointed and kept: from scratch its validation mAP
-    swings far less from epoch to epoch than the raw weights', which ranks trials more reliably.
+    swings less from epoch to epoch than the raw weights', which ranks trials on less noise.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:

@@ -82,6 +82,7 @@ def run_search(
     from ray import tune
 
     from .scheduler import make_scheduler  # imports Ray
+
     started_ray = False
     if not ray.is_initialized():
         if ray_address:
