@@ -210,7 +210,7 @@ def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchReq
     if outcome.best_state is None:
         reasons = "\n".join(f"  trial {r.trial_id} ({r.model}): {r.status}" for r in outcome.leaderboard.itertuples())
         raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
-    if outcome.leaderboard["status"].astype(str).str.contains("interrupted").any():
+    if outcome.interrupted:
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
                     "with fit(..., output_dir=%r, resume=True)", r.output / "model", str(r.output))
     config = outcome.best_config

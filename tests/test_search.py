@@ -153,7 +153,8 @@ def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
     assert "the search was interrupted" in output and str(out / "model") in output
     first = da.ObjectDetector.load(out / "model").leaderboard()
     finished = first[first["status"] == "completed"]
-    assert 1 <= len(finished) < 4 and first["status"].str.contains("interrupted").any()
+    # The cut trial shows as interrupted, unless Ctrl-C came between two trials (none started yet).
+    assert 1 <= len(finished) < 4 and (first["status"].str.contains("interrupted").any() or len(first) < 4)
 
     resumed = subprocess.run([*args, "resume"], capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -36,6 +36,7 @@ class SearchOutcome:
     best_state: dict | None = None
     best_metrics: dict = field(default_factory=dict)
     experiment_path: Path | None = None
+    interrupted: bool = False
 
 
 def max_concurrent_trials(num_cpus: float, num_gpus: float, cpus_per_trial: float, gpus_per_trial: float,
@@ -133,7 +134,11 @@ def run_search(
             )
         results = tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         cut = "time limit" if deadline_wall is not None and time.time() >= deadline_wall - 1.0 else "interrupted"
-        return _collect(results, fixed, experiment, cut)
+        outcome = _collect(results, fixed, experiment, cut)
+        # Ctrl-C between two trials leaves no trial pending: count the trials, not only their statuses.
+        outcome.interrupted = cut == "interrupted" and (
+            len(results) < total or outcome.leaderboard["status"].astype(str).str.contains("interrupted").any())
+        return outcome
     finally:
         if started_ray:
             ray.shutdown()
