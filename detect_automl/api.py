@@ -208,7 +208,8 @@ def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchReq
                          cpus_per_trial=r.cpus_per_trial, ray_address=r.ray_address, searcher=r.searcher,
                          resume=r.resume, seed=r.seed, verbose=1 if r.progress else 0)
     if outcome.best_state is None:
-        reasons = "\n".join(f"  trial {r.trial_id} ({r.model}): {r.status}" for r in outcome.leaderboard.itertuples())
+        reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}"
+                            for row in outcome.leaderboard.itertuples())
         raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
     if outcome.interrupted:
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "

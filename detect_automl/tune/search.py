@@ -117,14 +117,15 @@ def run_search(
         elif resume:
             raise SearchError(f"resume=True but there is no search to resume in {experiment}")
         else:
+            first = default_point(space, base)  # the preset's default: tried first, never stopped early
             tuner = tune.Tuner(
                 trainable,
                 param_space=to_tune_domains(space),
                 tune_config=tune.TuneConfig(
                     metric="val_map", mode="max", num_samples=num_trials, time_budget_s=budget,
-                    search_alg=_searcher(searcher, seed, concurrency, default_point(space, base)),
+                    search_alg=_searcher(searcher, seed, concurrency, first),
                     scheduler=make_scheduler(base.epochs, grace_period, trial_seconds or budget,
-                                             queued=total > concurrency, protected=default_point(space, base)),
+                                             queued=total > concurrency, protected=first),
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=verbose,
