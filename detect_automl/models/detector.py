@@ -6,11 +6,32 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection._utils import BoxCoder
 
 if TYPE_CHECKING:
     from .registry import ModelSpec
 
 __all__ = ["Detector", "to_class_ids"]
+
+
+class _Fp32BoxCoder(BoxCoder):
+    """torchvision's BoxCoder, decoding in fp32 whatever autocast made of the regression.
+
+    ``BoxCoder.decode_single`` casts the anchors to the regression's dtype; under bf16 autocast
+    that rounds coordinates near 800 px to steps of 4 px (fp16: 0.5 px), which biases the
+    proposals a Faster R-CNN trains on and every box at strict IoUs.
+    """
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        return super().decode_single(rel_codes.float(), boxes.float())
+
+
+def _decode_in_fp32(model: nn.Module) -> None:
+    """Give every box coder of a torchvision detector (RPN, RoI heads, RetinaNet, SSD) fp32 decoding."""
+    for module in model.modules():
+        coder = getattr(module, "box_coder", None)
+        if type(coder) is BoxCoder:
+            module.box_coder = _Fp32BoxCoder(coder.weights, coder.bbox_xform_clip)
 
 
 def to_class_ids(boxes: Tensor, scores: Tensor, labels: Tensor, label_offset: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -38,6 +59,7 @@ class Detector(nn.Module):
 
     def __init__(self, model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
         super().__init__()
+        _decode_in_fp32(model)
         self.model = model
         self.spec = spec
         self.num_classes = num_classes
