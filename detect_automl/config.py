@@ -32,7 +32,8 @@ class TrainConfig:
         image_size: shorter side the model resizes to (ignored by fixed-size SSD models).
         augment: augmentation strength in [0, 1] (0 disables augmentation).
         amp: mixed precision on CUDA (ignored on CPU).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes; None derives them from the CPUs the run has
+            (:func:`detect_automl.engine.trial.data_workers`).
         seed: seeds torch, numpy and data order.
         eval_every: evaluate on the validation set every N epochs (the last epoch always).
     """
@@ -52,7 +53,7 @@ class TrainConfig:
     image_size: int | None = None
     augment: float = 0.5
     amp: bool = True
-    num_workers: int = 0
+    num_workers: int | None = None
     seed: int = 0
     eval_every: int = 1
 
@@ -66,6 +67,8 @@ class TrainConfig:
             raise InputError(f"lr must be > 0, got {self.lr!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise InputError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.num_workers is not None and int(self.num_workers) < 0:
+            raise InputError(f"num_workers must be >= 0 or None, got {self.num_workers!r}")
         if not 0.0 <= self.augment <= 1.0:
             raise InputError(f"augment must be in [0, 1], got {self.augment!r}")
 

@@ -13,7 +13,7 @@ from detect_automl.config import TrainConfig
 from detect_automl.data.dataset import Dataset
 from detect_automl.data.loader import make_loader
 from detect_automl.engine import evaluate, train, train_one_epoch
-from detect_automl.engine.train import ModelEma, _WarmupCosine
+from detect_automl.engine.optim import ModelEma, WarmupCosine
 from detect_automl.errors import InputError, TrainingError
 from detect_automl.models import build
 
@@ -28,7 +28,7 @@ def raccoon(datasets_dir):
 def test_warmup_then_cosine_schedule():
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
-    sched = _WarmupCosine(opt, total_steps=100, warmup_steps=10, min_ratio=0.01, start=0.0, deadline=None)
+    sched = WarmupCosine(opt, total_steps=100, warmup_steps=10, min_ratio=0.01, start=0.0, deadline=None)
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
@@ -46,7 +46,7 @@ def test_schedule_follows_the_clock_when_a_deadline_is_set():
     param = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([param], lr=1.0)
     start = time.monotonic()
-    sched = _WarmupCosine(opt, total_steps=10_000, warmup_steps=0, min_ratio=0.0, start=start - 50,
+    sched = WarmupCosine(opt, total_steps=10_000, warmup_steps=0, min_ratio=0.0, start=start - 50,
                           deadline=start + 50)
     sched.step()  # 1 step of 10 000, but half the time is gone: the schedule is half done
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5, abs=0.02)
@@ -118,7 +118,7 @@ def test_train_validates_and_keeps_the_moving_average(raccoon):
     config = TrainConfig(pretrained=None, epochs=1, batch_size=2, warmup_steps=1, ema_decay=0.9)
     passed = []
     result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
-                   on_epoch=lambda record, m: passed.append(m), progress=False)
+                   on_epoch=lambda record, state: passed.append(state.kept), progress=False)
     kept = passed[0]
     assert kept is not model  # the average, not the raw weights, is reported and checkpointed
     assert all(torch.equal(result.best_state[k], v) for k, v in kept.state_dict().items())
@@ -168,3 +168,125 @@ def test_images_without_boxes_train(raccoon, name):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
     stats = train_one_epoch(model, opt, loader, CPU)
     assert stats["steps"] == 1 and math.isfinite(stats["loss"])
+
+
+@pytest.mark.parametrize("capability, expected", [((7, 5), torch.float16), ((8, 0), torch.bfloat16),
+                                                  ((9, 0), torch.bfloat16), ((6, 1), torch.float16)])
+def test_amp_is_fp16_unless_the_gpu_computes_bf16_natively(monkeypatch, capability, expected):
+    from detect_automl.engine import amp_dtype
+
+    # A T4 (7.5) "supports" bf16 through emulation since torch 2.4; it must get fp16 + a scaler.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert amp_dtype(torch.device("cuda"), True) == expected
+    assert amp_dtype(torch.device("cuda"), False) is None
+    assert amp_dtype(CPU, True) is None
+
+
+def test_validation_runs_in_fp32_while_training_autocasts(raccoon, monkeypatch):
+    import detect_automl.engine.state as state_module
+
+    monkeypatch.setattr(state_module, "amp_dtype", lambda device, enabled=True: torch.bfloat16)  # CPU autocast
+    model = build("ssdlite320_mobilenet_v3_large", 1)
+    seen = {True: set(), False: set()}
+    model.register_forward_pre_hook(lambda m, args: seen[m.training].add(torch.is_autocast_enabled("cpu")))
+    loader = make_loader(raccoon.subset(2), 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon.subset(2), 2, train=False)
+    config = TrainConfig(pretrained=None, epochs=1, batch_size=2, warmup_steps=1, ema_decay=0.0)
+    train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes, progress=False)
+    assert seen[True] == {True} and seen[False] == {False}
+
+
+def test_boxes_decode_in_fp32_under_bf16_autocast():
+    from torchvision.models.detection._utils import BoxCoder
+
+    detector = build("fasterrcnn_mobilenet_v3_large_320_fpn", 2)
+    coders = [m.box_coder for m in detector.modules() if hasattr(m, "box_coder")]
+    assert len(coders) == 2  # the RPN's and the RoI heads'
+    anchors = torch.tensor([[700.0, 650.0, 790.0, 799.0], [5.0, 7.0, 40.0, 33.0]])
+    codes = torch.randn(2, 4) * 0.1
+    exact = BoxCoder(coders[0].weights).decode_single(codes, anchors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded = BoxCoder(coders[0].weights).decode_single(codes.bfloat16(), anchors)  # torchvision's own
+        ours = coders[0].decode_single(codes.bfloat16(), anchors)
+    assert ours.dtype == torch.float32
+    assert (rounded.float() - exact).abs().max() >= 1.0  # bf16 has 4 px steps at 700 px
+    assert (ours - exact).abs().max() < 0.1  # only the codes' own rounding is left
+
+
+class _SlowInEval(nn.Module):
+    """A detector that takes ``seconds`` per image in eval mode (a large or slow validation set)."""
+
+    def __init__(self, detector, seconds: float) -> None:
+        super().__init__()
+        self.detector, self.seconds = detector, seconds
+
+    def forward(self, images, targets=None):
+        if not self.training:
+            time.sleep(self.seconds * len(images))
+        return self.detector(images, targets)
+
+
+def test_a_validation_that_cannot_finish_scores_a_prefix_or_nothing(raccoon):
+    model = _SlowInEval(build("ssdlite320_mobilenet_v3_large", 1), 1.0)
+    loader = make_loader(raccoon, 1, train=False, order=[5, 3, 1, 0, 2, 4])
+    start = time.monotonic()
+    metrics = evaluate(model, loader, raccoon.classes, CPU, deadline=start + 3.5, seconds_per_image=1.0)
+    assert time.monotonic() - start < 3.5 + 0.5  # at most the estimate's error past the deadline
+    assert 1 <= metrics["num_images"] < 6 and metrics["num_images_total"] == 6
+    # Not even one batch fits: no validation at all, rather than a late one.
+    assert evaluate(model, loader, raccoon.classes, CPU, deadline=time.monotonic() + 0.5,
+                    seconds_per_image=1.0) is None
+
+
+def test_training_keeps_time_for_a_slow_validation(raccoon):
+    model = _SlowInEval(build("ssdlite320_mobilenet_v3_large", 1), 1.0)  # 6 s per validation
+    loader = make_loader(raccoon, 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon, 2, train=False)
+    config = TrainConfig(pretrained=None, epochs=50, batch_size=2, warmup_steps=1)
+    start = time.monotonic()
+    result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
+                   deadline=start + 20.0, progress=False)
+    elapsed = time.monotonic() - start
+    assert result.stopped == "time_limit" and elapsed < 20.0 + 1.0, elapsed
+    assert "val_map" in result.history[-1] and result.best_metrics  # the last epoch was validated
+
+
+def test_a_checkpoint_continues_the_run_where_it_stopped(raccoon):
+    from detect_automl.engine import TrainState
+
+    loader = make_loader(raccoon, 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon.subset(2), 2, train=False)
+    config = TrainConfig(pretrained=None, epochs=4, batch_size=2, warmup_steps=2)
+    saved = []
+    first = train(build("ssdlite320_mobilenet_v3_large", 1), loader, config, CPU, val_loader=val_loader,
+                  class_names=raccoon.classes, progress=False,
+                  on_epoch=lambda record, state: saved.append((record, state.checkpoint(),
+                                                               state.optimizer.param_groups[0]["lr"])))
+    record, checkpoint, lr_then = saved[1]  # as if the run had stopped after epoch 2
+    checkpoint = torch.load(_roundtrip(checkpoint), weights_only=True)  # what a Ray checkpoint holds
+    best_then = max(first.history[:2], key=lambda r: (r["val_map"], r["val_map_50"]))
+
+    state = TrainState(build("ssdlite320_mobilenet_v3_large", 1), config, CPU)
+    state.restore(checkpoint)
+    assert (state.epoch, state.steps) == (2, 2 * len(loader))
+    assert state.ema.updates == 2 * len(loader) and state.optimizer.state_dict()["state"]
+    assert state.result.best_metrics["map"] == best_then["val_map"]
+    for key, value in checkpoint["state_dict"].items():
+        assert torch.equal(state.kept.state_dict()[key], value)
+    seen = []
+    second = train(state.model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
+                   state=state, progress=False, on_epoch=lambda r, s: seen.append(s.optimizer.param_groups[0]["lr"]))
+    assert [r["epoch"] for r in second.history] == [3, 4]  # no epoch twice
+    assert seen[0] < lr_then  # on down the cosine: no second warm-up
+    improved = [r for r in second.history if r["is_best"]]
+    assert all((r["val_map"], r["val_map_50"]) > (best_then["val_map"], best_then["val_map_50"]) for r in improved)
+
+
+def _roundtrip(obj):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import threading
@@ -13,29 +14,61 @@ import torch
 
 import detect_automl as da
 from detect_automl.config import TrainConfig
-from detect_automl.tune.trainable import run_with_oom_retry
 
 FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2}
 
 
-def test_out_of_memory_halves_the_batch_until_it_fits():
-    tried = []
+def _script_training(monkeypatch, maps: dict[int, float], oom_epochs: set[int]):
+    """Scripted validation mAPs per epoch, and CUDA out-of-memory on the first try of some epochs."""
+    train_module = importlib.import_module("detect_automl.engine.train")  # the package's `train` is the function
 
-    def attempt(config: TrainConfig) -> None:
-        tried.append(config.batch_size)
-        if config.batch_size > 4:
+    real_epoch, failed, current = train_module.train_one_epoch, set(), {"epoch": 0}
+
+    def one_epoch(model, optimizer, loader, device, **kwargs):
+        epoch = int(kwargs["desc"].split()[1].split("/")[0])
+        current["epoch"] = epoch
+        if epoch in oom_epochs and epoch not in failed:
+            failed.add(epoch)
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_epoch(model, optimizer, loader, device, **kwargs)
 
-    run_with_oom_retry(attempt, TrainConfig(batch_size=16))
-    assert tried == [16, 8, 4]
+    def evaluate(model, loader, class_names, device, **kwargs):
+        value = maps[current["epoch"]]
+        return {"map": value, "map_50": value, "map_75": value, "seconds": 0.01, "num_images": 3,
+                "num_images_total": 3}
+
+    monkeypatch.setattr(train_module, "train_one_epoch", one_epoch)
+    monkeypatch.setattr(train_module, "evaluate", evaluate)
+    monkeypatch.setattr(train_module, "validation_seconds_per_image", lambda *a: 0.01)
 
 
-def test_out_of_memory_at_batch_one_fails_the_trial():
-    def attempt(config: TrainConfig) -> None:
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+def test_out_of_memory_halves_the_batch_and_keeps_the_better_epoch(data, monkeypatch):
+    from detect_automl.engine.trial import run_trial
 
+    train, val = data
+    _script_training(monkeypatch, maps={1: 0.1, 2: 0.5, 3: 0.2, 4: 0.3}, oom_epochs={3})
+    kept = {}
+    outcome = run_trial(TrainConfig(**{**FIXED, "epochs": 4, "batch_size": 4}), train, val, progress=False,
+                        on_epoch=lambda record, state: kept.setdefault(record["epoch"], _copy(state.kept.state_dict())))
+    history = outcome.result.history
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # epoch 3 retried once, none repeated
+    assert [r["batch_size"] for r in history] == [4, 4, 2, 2]
+    assert outcome.result.best_metrics["map"] == 0.5 and outcome.result.best_metrics["epoch"] == 2
+    saved = outcome.detector.state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in kept[2].items())  # epoch 2's weights, not the last
+
+
+def _copy(state: dict) -> dict:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+def test_out_of_memory_at_batch_one_fails_the_trial(data, monkeypatch):
+    from detect_automl.engine.trial import run_trial
+
+    train, val = data
+    _script_training(monkeypatch, maps={1: 0.1}, oom_epochs={1})
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_with_oom_retry(attempt, TrainConfig(batch_size=2))
+        run_trial(TrainConfig(**{**FIXED, "batch_size": 1}), train, val, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -148,6 +148,8 @@ def make_loader(
     seed: int = 0,
     shuffle: bool | None = None,
     max_side: int | None = None,
+    order: Sequence[int] | None = None,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Build a seeded DataLoader over a Dataset (wrapped with :func:`build_transforms`).
 
@@ -161,6 +163,9 @@ def make_loader(
         seed: seeds the shuffling and the augmentations (each worker gets its own stream).
         shuffle: None means ``train``.
         max_side: see :class:`DetectionDataset` (ignored when ``dataset`` is already wrapped).
+        order: a fixed order of dataset indexes to serve every pass (replaces shuffling), e.g.
+            a seeded permutation, so that any prefix of a validation is a random subset.
+        pin_memory: page-locked batches for faster copies to a CUDA device.
 
     Returns:
         A DataLoader yielding ``(list of images, list of targets)``.
@@ -179,12 +184,14 @@ def make_loader(
     return DataLoader(
         dataset,
         batch_size=int(batch_size),
-        shuffle=train if shuffle is None else bool(shuffle),
+        shuffle=(train if shuffle is None else bool(shuffle)) if order is None else None,
+        sampler=None if order is None else [int(i) for i in order],
         num_workers=int(num_workers),
         collate_fn=collate,
         generator=generator,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
+        pin_memory=bool(pin_memory),
         drop_last=bool(train) and len(dataset) > batch_size,
     )
 

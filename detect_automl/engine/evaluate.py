@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..data.loader import sanitize_boxes
 from ..metrics import coco_metrics
 
-__all__ = ["predict_loader", "evaluate"]
+__all__ = ["predict_loader", "evaluate", "validation_seconds_per_image"]
 
 
 @torch.no_grad()
@@ -20,10 +20,15 @@ def predict_loader(
     loader,
     device: torch.device,
     *,
-    amp_dtype: torch.dtype | None = None,
+    deadline: float | None = None,
+    seconds_per_image: float | None = None,
     progress: bool = False,
 ) -> tuple[list[dict], list[dict]]:
-    """Predict every image of ``loader`` (an eval loader from ``make_loader``).
+    """Predict the images of ``loader`` (an eval loader from ``make_loader``), in fp32.
+
+    With a ``deadline`` (``time.monotonic()``), a batch that would end after it is not started:
+    the images before it are returned (a prefix of the loader's order). Its time is estimated
+    from the batches done so far, or ``seconds_per_image`` before the first.
 
     Returns:
         ``(ground_truth, predictions)``, one numpy dict each per image in loader order, in the
@@ -34,11 +39,14 @@ def predict_loader(
     model.eval()
     records = loader.dataset.dataset.records
     ground_truth, predictions = [], []
+    start = time.monotonic()
     try:
         for images, targets in tqdm(loader, desc="evaluate", leave=False, disable=None if progress else True):
+            per_image = (time.monotonic() - start) / len(predictions) if predictions else seconds_per_image
+            if deadline is not None and time.monotonic() + (per_image or 0.0) * len(images) > deadline:
+                break
             images = [img.to(device, non_blocking=True) for img in images]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                outputs = model(images)
+            outputs = model(images)
             for image, target, out in zip(images, targets, outputs):
                 record = records[int(target["image_id"])]
                 boxes, labels, keep = sanitize_boxes(record.boxes, record.labels, image.shape[2], image.shape[1])
@@ -49,18 +57,44 @@ def predict_loader(
     return ground_truth, predictions
 
 
+@torch.no_grad()
+def validation_seconds_per_image(model: nn.Module, loader, device: torch.device) -> float:
+    """Seconds per image of ``model`` in eval mode, timed on the loader's first batch (loading included)."""
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.monotonic()
+        images, _ = next(iter(loader))
+        model([img.to(device) for img in images])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.monotonic() - start) / max(1, len(images))
+    finally:
+        model.train(was_training)
+
+
 def evaluate(
     model: nn.Module,
     loader,
     class_names: list[str],
     device: torch.device,
     *,
-    amp_dtype: torch.dtype | None = None,
+    deadline: float | None = None,
+    seconds_per_image: float | None = None,
     progress: bool = False,
-) -> dict:
-    """COCO metrics of ``model`` on ``loader``: map, map_50, map_75, per_class, counts, seconds."""
+) -> dict | None:
+    """COCO metrics of ``model`` on ``loader``: map, map_50, map_75, per_class, counts, seconds.
+
+    With a ``deadline``, only the images that can be predicted by then are scored (see
+    :func:`predict_loader`): ``num_images`` says how many, ``num_images_total`` of how many;
+    None when not even one batch fits.
+    """
     start = time.monotonic()
-    ground_truth, predictions = predict_loader(model, loader, device, amp_dtype=amp_dtype, progress=progress)
+    ground_truth, predictions = predict_loader(model, loader, device, deadline=deadline,
+                                               seconds_per_image=seconds_per_image, progress=progress)
+    if not predictions and len(loader.dataset):
+        return None
     metrics = coco_metrics(ground_truth, predictions, class_names)
+    metrics["num_images_total"] = len(loader.dataset)
     metrics["seconds"] = time.monotonic() - start
     return metrics

@@ -1,11 +1,9 @@
-"""Training: one epoch, and a time-bounded run with warm-up, cosine schedule, clipping and AMP."""
+"""Training: one epoch, and a run to a deadline that keeps time for its validations."""
 
 from __future__ import annotations
 
-import math
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import numpy as np
@@ -15,11 +13,14 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import TrainingError
-from .evaluate import evaluate
+from .evaluate import evaluate, validation_seconds_per_image
+from .optim import ModelEma, WarmupCosine, build_optimizer
+from .state import TrainResult, TrainState
 
-__all__ = ["TrainResult", "ModelEma", "seed_everything", "build_optimizer", "train_one_epoch", "train"]
+__all__ = ["TrainResult", "TrainState", "ModelEma", "seed_everything", "build_optimizer", "train_one_epoch",
+           "train"]
 
-EpochCallback = Callable[[dict, nn.Module], None]
+EpochCallback = Callable[[dict, TrainState], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -29,103 +30,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
-    """SGD (Nesterov-free, as torchvision's references) or AdamW over trainable parameters.
-
-    Norm layers and biases get no weight decay.
-    """
-    decay, no_decay = [], []
-    for param_name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim <= 1 or param_name.endswith(".bias") else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    return torch.optim.AdamW(groups, lr=lr)
-
-
-class _WarmupCosine:
-    """LR factor: linear warm-up, then cosine to ``min_ratio``.
-
-    Progress is the larger of steps done / planned steps and time used / time budget, so a run
-    cut short by its deadline still ends its schedule at a low learning rate.
-    """
-
-    def __init__(self, optimizer, total_steps: int, warmup_steps: int, min_ratio: float,
-                 start: float, deadline: float | None) -> None:
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = min(warmup_steps, self.total_steps // 4)
-        self.min_ratio = min_ratio
-        self.start, self.deadline = start, deadline
-        self.step_count = 0
-        self.optimizer = optimizer
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        self._apply()
-
-    def factor(self) -> float:
-        if self.step_count < self.warmup_steps:
-            return 0.001 + (1 - 0.001) * self.step_count / self.warmup_steps
-        progress = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        if self.deadline is not None:
-            progress = max(progress, (time.monotonic() - self.start) / max(1e-9, self.deadline - self.start))
-        progress = min(1.0, progress)
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    def _apply(self) -> None:
-        f = self.factor()
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * f
-
-    def step(self) -> None:
-        self.step_count += 1
-        self._apply()
-
-
-class ModelEma:
-    """Exponential moving average of a model's weights and buffers (torch's ``AveragedModel``).
-
-    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
-    averages roughly its last tenth of steps and a long one the last ``1 / (1 - decay)`` steps.
-    The average is what gets validated, checkpointed and kept: from scratch its validation mAP
-    swings less from epoch to epoch than the raw weights', which ranks trials on less noise.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.updates = 0
-        self.averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=True)
-
-    @property
-    def module(self) -> nn.Module:
-        """The averaged copy of the model."""
-        return self.averaged.module
-
-    def update(self, model: nn.Module) -> None:
-        """Fold the model's current weights into the average (after an optimizer step)."""
-        self.updates += 1
-        self.averaged.update_parameters(model)
-
-    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count) -> None:
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        if torch.is_floating_point(averaged[0]):
-            torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
-            torch._foreach_copy_(averaged, current)
-
-
-def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: Iterable,
     device: torch.device,
     *,
-    scheduler: _WarmupCosine | None = None,
+    scheduler: WarmupCosine | None = None,
     ema: ModelEma | None = None,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
@@ -187,25 +98,24 @@ def train_one_epoch(
             "seconds": time.monotonic() - start, "deadline_hit": deadline_hit}
 
 
-@dataclass
-class TrainResult:
-    """What ``train`` returns.
-
-    Attributes:
-        history: one dict per epoch (epoch, loss, steps, train_seconds, and val metrics if any).
-        best_state: state_dict (CPU tensors) of the best epoch by val mAP (ties: mAP@50), or the last.
-        best_metrics: the validation metrics of that epoch ({} without validation).
-        stopped: "epochs" (all done) or "time_limit".
-    """
-
-    history: list[dict] = field(default_factory=list)
-    best_state: dict | None = None
-    best_metrics: dict = field(default_factory=dict)
-    stopped: str = "epochs"
-
-
 def _rank(metrics: dict) -> tuple[float, float]:
     return (metrics.get("map", -1.0), metrics.get("map_50", -1.0))
+
+
+class _ValidationClock:
+    """How long a validation takes: seconds per image, measured on one batch before training
+    starts and again by every validation, times the images to score."""
+
+    def __init__(self, model: nn.Module, loader, device: torch.device) -> None:
+        self.images = len(loader.dataset)
+        self.per_image = validation_seconds_per_image(model, loader, device)
+
+    def full(self) -> float:
+        """Seconds a whole validation is expected to take (10 % margin)."""
+        return 1.1 * self.per_image * self.images
+
+    def update(self, metrics: dict) -> None:
+        self.per_image = metrics["seconds"] / max(1, metrics["num_images"])
 
 
 def train(
@@ -218,65 +128,82 @@ def train(
     class_names: list[str] | None = None,
     deadline: float | None = None,
     on_epoch: EpochCallback | None = None,
-    start_epoch: int = 1,
+    state: TrainState | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Train ``model`` for ``config.epochs`` epochs or until ``deadline`` (``time.monotonic()``).
 
-    Validation (COCO mAP) runs every ``config.eval_every`` epochs and after the last; time for
-    it is kept back from training so the run ends by the deadline. With ``config.ema_decay`` > 0
-    the moving average of the weights (:class:`ModelEma`) is what is validated, passed on and
-    kept. ``on_epoch(record, model)`` receives each epoch's record (``record["is_best"]`` marks a
-    new best epoch) and that model, which the Ray trainable reports and checkpoints.
-    ``start_epoch`` > 1 continues a run.
+    Validation (COCO mAP, in fp32) runs every ``config.eval_every`` epochs and after the last.
+    Its time is part of the budget: measured per image on one batch before training, it is kept
+    back from the last epoch's training (at most a quarter of the budget), and a validation
+    that cannot finish by the deadline scores a prefix of the loader's (seeded) order instead
+    (``val_images`` says how many), or is skipped when not even one batch fits. With
+    ``config.ema_decay`` > 0 the moving average of the weights is what is validated, passed on
+    and kept. ``on_epoch(record, state)`` receives each epoch's record (``record["is_best"]``
+    marks a new best epoch) and the :class:`TrainState` (``state.kept``, ``state.checkpoint()``),
+    which the Ray trainable reports and checkpoints; the time it takes is kept back too.
+    ``state`` continues a run (a resumed checkpoint, or an out-of-memory retry at a smaller batch).
     """
-    model.to(device)
-    optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
+    state = state if state is not None else TrainState(model, config, device)
+    result = state.result
     start = time.monotonic()
-    steps_per_epoch = max(1, len(train_loader))
-    scheduler = _WarmupCosine(optimizer, config.epochs * steps_per_epoch, config.warmup_steps,
-                              config.min_lr_ratio, start, deadline)
-    amp_dtype = _amp_dtype(device, config.amp)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = ModelEma(model, config.ema_decay) if config.ema_decay > 0 else None
-    kept = model if ema is None else ema.module  # validated, checkpointed and returned
-    result = TrainResult()
-    # Time kept back for validation: measured after the first one, a tenth of the budget before.
-    eval_reserve = 0.1 * (deadline - start) if deadline is not None and val_loader is not None else 0.0
-    for epoch in range(start_epoch, config.epochs + 1):
-        epoch_deadline = None if deadline is None else deadline - eval_reserve
-        stats = train_one_epoch(model, optimizer, train_loader, device, scheduler=scheduler, ema=ema,
-                                amp_dtype=amp_dtype, scaler=scaler, grad_clip=config.grad_clip,
-                                deadline=epoch_deadline, progress=progress,
+    scheduler = state.schedule(len(train_loader) * max(1, config.epochs - state.epoch), start, deadline)
+    clock = _ValidationClock(state.kept, val_loader, device) if val_loader is not None else None
+    report_seconds = 0.0  # what on_epoch (report, checkpoint) took last time
+    for epoch in range(state.epoch + 1, config.epochs + 1):
+        reserve = report_seconds + (0.0 if clock is None or deadline is None else
+                                    min(clock.full(), 0.25 * (deadline - start)))
+        epoch_deadline = None if deadline is None else deadline - reserve
+        stats = train_one_epoch(state.model, state.optimizer, train_loader, device, scheduler=scheduler,
+                                ema=state.ema, amp_dtype=state.amp_dtype, scaler=state.scaler,
+                                grad_clip=config.grad_clip, deadline=epoch_deadline, progress=progress,
                                 desc=f"epoch {epoch}/{config.epochs}")
-        if stats["steps"] == 0 and epoch > 1:
+        if stats["steps"] == 0 and state.epoch > 0:
             result.stopped = "time_limit"
             break
-        record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"], "batch_size": config.batch_size,
-                  "train_seconds": stats["seconds"], "lr": optimizer.param_groups[0]["lr"]}
-        # Out of time: the deadline cut this epoch, or not even one more step would fit.
+        state.epoch, state.steps, state.progress = epoch, state.steps + stats["steps"], scheduler.progress()
+        record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"],
+                  "batch_size": getattr(train_loader, "batch_size", config.batch_size),
+                  "train_seconds": stats["seconds"], "lr": state.optimizer.param_groups[0]["lr"]}
+        # Out of time: the deadline cut this epoch, or after this epoch's validation (if it has one)
+        # not even one more step would fit; then this epoch's validation is the last one.
+        validating = clock is not None and (epoch == config.epochs or epoch % config.eval_every == 0)
         step_seconds = stats["seconds"] / max(1, stats["steps"])
-        out_of_time = stats["deadline_hit"] or (
-            epoch_deadline is not None and time.monotonic() + step_seconds >= epoch_deadline)
-        last = epoch == config.epochs or out_of_time
-        if val_loader is not None and (last or epoch % config.eval_every == 0):
-            metrics = evaluate(kept, val_loader, class_names or [], device, amp_dtype=amp_dtype)
-            eval_reserve = 1.2 * metrics["seconds"]
-            record.update({f"val_{k}": metrics[k] for k in ("map", "map_50", "map_75")})
-            record["is_best"] = result.best_state is None or _rank(metrics) > _rank(result.best_metrics)
-            if record["is_best"]:
-                result.best_metrics = metrics
-                result.best_state = _cpu_state(kept)
+        out_of_time = stats["deadline_hit"] or (epoch_deadline is not None and time.monotonic() + step_seconds
+                                                + (clock.full() if validating else 0.0) >= epoch_deadline)
+        if clock is not None and (validating or out_of_time):
+            _validate(state, val_loader, class_names or [], clock, record,
+                      None if deadline is None else deadline - report_seconds)
         record["time_limit_hit"] = out_of_time
         result.history.append(record)
         if on_epoch is not None:
-            on_epoch(record, kept)
+            called = time.monotonic()
+            on_epoch(record, state)
+            report_seconds = 1.5 * (time.monotonic() - called)
         if out_of_time:
             result.stopped = "time_limit"
             break
     if result.best_state is None:
-        result.best_state = _cpu_state(kept)
+        result.best_state = _cpu_state(state.kept)
     return result
+
+
+def _validate(state: TrainState, loader, class_names: list[str], clock: _ValidationClock, record: dict,
+              deadline: float | None) -> None:
+    """Validate the kept weights into ``record`` (val_map, ...; is_best) unless no batch fits."""
+    metrics = evaluate(state.kept, loader, class_names, state.device, deadline=deadline,
+                       seconds_per_image=clock.per_image)
+    if metrics is None:
+        return
+    clock.update(metrics)
+    record.update({f"val_{k}": metrics[k] for k in ("map", "map_50", "map_75")})
+    record["val_seconds"], record["val_images"] = metrics["seconds"], metrics["num_images"]
+    record["val_images_total"] = metrics["num_images_total"]
+    result = state.result
+    record["is_best"] = not result.best_metrics or _rank(metrics) > _rank(result.best_metrics)
+    if record["is_best"]:
+        result.best_metrics = {**metrics, "epoch": record["epoch"]}
+        result.best_state = _cpu_state(state.kept)
 
 
 def _cpu_state(model: nn.Module) -> dict:

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..data.loader import make_loader
 from ..models import Detector, build
+from .state import TrainState
 from .train import TrainResult, seed_everything, train
 
-__all__ = ["TrialOutcome", "default_device", "run_trial"]
+__all__ = ["TrialOutcome", "default_device", "data_workers", "run_trial"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -30,38 +36,74 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def data_workers(device: torch.device, cpus: float | None = None) -> int:
+    """DataLoader worker processes for a run with ``cpus`` CPUs (default: this process's).
+
+    On CUDA, one CPU drives the GPU and up to 4 others decode and augment; on a CPU the model
+    uses every core, so images load in the training process (0 workers).
+    """
+    if device.type != "cuda":
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if cpus is None and hasattr(os, "sched_getaffinity") else cpus
+    return max(0, min(4, int(cpus or os.cpu_count() or 1) - 1))
+
+
 def run_trial(
     config: TrainConfig,
     train_data: Dataset,
     val_data: Dataset | None,
     *,
     device: torch.device | None = None,
+    cpus: float | None = None,
     deadline: float | None = None,
     on_epoch=None,
-    init_state: dict | None = None,
-    start_epoch: int = 1,
+    resume: dict | None = None,
     progress: bool = True,
 ) -> TrialOutcome:
     """Train ``config`` on ``train_data``, validating on ``val_data`` every ``eval_every`` epochs.
 
-    This is what both a single ``fit`` and every Ray Tune trial call. ``init_state`` (a
-    Detector state_dict) and ``start_epoch`` continue an interrupted trial.
+    This is what a single ``fit``, every Ray Tune trial and the continuation of the best trial
+    call. ``resume`` continues a run: a :meth:`TrainState.checkpoint` dict continues it exactly
+    (optimizer, schedule, weight average, best mAP, next epoch); a dict with only
+    ``state_dict`` and ``epoch`` starts from those weights with a fresh optimizer and schedule,
+    numbering epochs on. ``cpus`` sizes the data workers when ``config.num_workers`` is None.
+
+    Out of GPU memory, the batch is halved (down to 1) and training goes on from the state it
+    had reached, its best epoch kept; each epoch's record says the batch it used.
     """
     start = time.monotonic()
     device = device or default_device()
     seed_everything(config.seed)
     detector = build(config.model, len(train_data.classes), pretrained=config.pretrained,
                      image_size=config.image_size)
-    if init_state is not None:
-        detector.load_state_dict(init_state)
-    # Training images larger than twice what the model looks at are shrunk before augmentation.
-    train_loader = make_loader(train_data, config.batch_size, train=True, augment=config.augment,
-                               num_workers=config.num_workers, seed=config.seed, max_side=2 * detector.input_side)
+    state = TrainState(detector, config, device)
+    if resume is not None:
+        state.restore(resume)
+    workers = data_workers(device, cpus) if config.num_workers is None else config.num_workers
     val_loader = None
     if val_data is not None and len(val_data):
-        val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=config.num_workers)
-    result = train(detector, train_loader, config, device, val_loader=val_loader,
-                   class_names=list(train_data.classes), deadline=deadline, on_epoch=on_epoch,
-                   start_epoch=start_epoch, progress=progress)
+        # A seeded order: a validation cut short by the deadline scores a random subset.
+        order = np.random.default_rng(config.seed).permutation(len(val_data))
+        val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=workers, order=order,
+                                 pin_memory=device.type == "cuda")
+    batch_size = config.batch_size
+    while True:
+        # Training images larger than twice what the model looks at are shrunk before augmentation.
+        train_loader = make_loader(train_data, batch_size, train=True, augment=config.augment, num_workers=workers,
+                                   seed=config.seed, max_side=2 * detector.input_side,
+                                   pin_memory=device.type == "cuda")
+        try:
+            result = train(detector, train_loader, config, device, val_loader=val_loader,
+                           class_names=list(train_data.classes), deadline=deadline, on_epoch=on_epoch,
+                           state=state, progress=progress)
+            break
+        except torch.cuda.OutOfMemoryError:
+            if batch_size <= 1:
+                raise
+            state.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            log.warning("out of GPU memory at batch %d: going on from epoch %d with batch %d", batch_size,
+                        state.epoch + 1, batch_size // 2)
+            batch_size //= 2
     detector.load_state_dict(result.best_state)
     return TrialOutcome(detector, result, time.monotonic() - start)

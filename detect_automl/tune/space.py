@@ -41,7 +41,7 @@ def preset_config(name: str, gpu: bool) -> TrainConfig:
 def _fast(gpu: bool) -> TrainConfig:
     # SSDlite is the only model that learns in minutes on a CPU (0.2 s/step at batch 2, 2 cores).
     return TrainConfig(model="ssdlite320_mobilenet_v3_large", optimizer="adamw", lr=1e-3,
-                       batch_size=16 if gpu else 4, epochs=30 if gpu else 20, num_workers=4 if gpu else 0)
+                       batch_size=16 if gpu else 4, epochs=30 if gpu else 20)
 
 
 @register_preset("medium_quality")
@@ -50,7 +50,7 @@ def _medium(gpu: bool) -> TrainConfig:
         return _fast(gpu)
     # AdamW from scratch and for fine-tuning alike; the H200 search's best was AdamW lr 1.5e-3.
     return TrainConfig(model="fasterrcnn_mobilenet_v3_large_fpn", optimizer="adamw", lr=1e-3, batch_size=8,
-                       epochs=24, num_workers=4)
+                       epochs=24)
 
 
 @register_preset("best_quality")
@@ -58,7 +58,7 @@ def _best(gpu: bool) -> TrainConfig:
     if not gpu:
         return _fast(gpu)
     return TrainConfig(model="fasterrcnn_resnet50_fpn_v2", optimizer="adamw", lr=2e-4, batch_size=4,
-                       image_size=800, epochs=26, num_workers=4)
+                       image_size=800, epochs=26)
 
 
 # Search spaces in plain form: a list is a choice, ("loguniform"|"uniform", low, high) a range,

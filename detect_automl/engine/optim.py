@@ -1,0 +1,129 @@
+"""Optimizer, learning-rate schedule, moving average of the weights, mixed-precision policy."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from torch import nn
+
+__all__ = ["build_optimizer", "WarmupCosine", "ModelEma", "amp_dtype"]
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
+    """SGD (Nesterov-free, as torchvision's references) or AdamW over trainable parameters.
+
+    Norm layers and biases get no weight decay.
+    """
+    decay, no_decay = [], []
+    for param_name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 or param_name.endswith(".bias") else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+class WarmupCosine:
+    """LR factor: linear warm-up, then cosine to ``min_ratio``.
+
+    Progress is the larger of steps done / planned steps and time used / time budget, so a run
+    cut short by its deadline still ends its schedule at a low learning rate. ``offset`` is the
+    progress a continued run had already reached: the rest of the cosine is spread over this
+    call's steps and time, with no new warm-up when ``done_steps`` already covers it.
+    """
+
+    def __init__(self, optimizer, total_steps: int, warmup_steps: int, min_ratio: float,
+                 start: float, deadline: float | None, *, offset: float = 0.0, done_steps: int = 0) -> None:
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = max(0, min(warmup_steps, self.total_steps // 4) - done_steps)
+        self.min_ratio = min_ratio
+        self.start, self.deadline = start, deadline
+        self.offset = min(1.0, max(0.0, offset))
+        self.step_count = 0
+        self.optimizer = optimizer
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        for group, base in zip(optimizer.param_groups, self.base_lrs):
+            group["initial_lr"] = base  # a continued optimizer's groups keep their peak rate here
+        self._apply()
+
+    def progress(self) -> float:
+        """Fraction of the cosine done, in [0, 1] (0 during warm-up)."""
+        if self.step_count < self.warmup_steps:
+            return self.offset
+        done = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        if self.deadline is not None:
+            done = max(done, (time.monotonic() - self.start) / max(1e-9, self.deadline - self.start))
+        return min(1.0, self.offset + (1.0 - self.offset) * done)
+
+    def factor(self) -> float:
+        if self.step_count < self.warmup_steps:
+            return 0.001 + (1 - 0.001) * self.step_count / self.warmup_steps
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress()))
+
+    def _apply(self) -> None:
+        f = self.factor()
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+
+class ModelEma:
+    """Exponential moving average of a model's weights and buffers (torch's ``AveragedModel``).
+
+    The decay ramps up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so a short run
+    averages roughly its last tenth of steps and a long one the last ``1 / (1 - decay)`` steps.
+    The average is what gets validated, checkpointed and kept: from scratch its validation mAP
+    swings less from epoch to epoch than the raw weights', which ranks trials on less noise.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.updates = 0
+        self.averaged = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=self._lerp, use_buffers=True)
+
+    @property
+    def module(self) -> nn.Module:
+        """The averaged copy of the model."""
+        return self.averaged.module
+
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current weights into the average (after an optimizer step)."""
+        self.updates += 1
+        self.averaged.update_parameters(model)
+
+    def state_dict(self) -> dict:
+        """The averaged weights and the update count (what a checkpoint keeps)."""
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue an average saved by :meth:`state_dict` (later updates fold into it)."""
+        self.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+        self.averaged.n_averaged.fill_(self.updates)  # non-zero: the next update averages, not copies
+
+    def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        if torch.is_floating_point(averaged[0]):
+            torch._foreach_lerp_(averaged, current, 1.0 - decay)
+        else:  # integer buffers (BatchNorm's num_batches_tracked) follow the model
+            torch._foreach_copy_(averaged, current)
+
+
+def amp_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The autocast dtype for training on ``device``: None (fp32) off CUDA or when disabled.
+
+    bf16 only where the GPU computes it natively (compute capability 8.0 or newer: A100, L4,
+    H100); older GPUs such as Colab's T4 report bf16 as "supported" through emulation, which
+    is slow, so they get fp16 with a gradient scaler. Validation and box decoding always run
+    in fp32 (``evaluate``; :class:`~detect_automl.models.Detector`).
+    """
+    if not enabled or device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
