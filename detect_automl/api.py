@@ -99,9 +99,13 @@ def fit(
     if len(train) == 0:
         raise DatasetError("the training dataset has no images")
     searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
+    if searching and val is not None and len(val) == 0:
+        raise DatasetError("the validation dataset has no images: a search ranks its trials by validation mAP")
     reserve = _reserve(time_limit, searching)
     deadline_wall = None if time_limit is None else start_wall + float(time_limit) - reserve
     if val is None:
+        if searching and len(train) < 2:
+            raise DatasetError("a search needs at least 2 training images to hold one out for validation")
         train, val = train.split(val_fraction, seed=seed)
     gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
     base = preset_config(presets, gpu=gpu).replace(seed=seed)
@@ -117,7 +121,8 @@ def fit(
     else:
         config = base.replace(**dict(hyperparameters or {}))
         config = config.replace(pretrained=_resolve_auto(config.pretrained, [config.model]))
-        detector = _single(train, val, config, deadline_wall, progress)
+        device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        detector = _single(train, val, config, deadline_wall, device, progress)
     detector.path = detector.save(output / "model")
     if progress:
         tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "
@@ -152,19 +157,27 @@ def _reserve(time_limit: float | None, searching: bool) -> float:
 
 
 def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: float | None,
-            progress: bool) -> ObjectDetector:
-    def report(record: dict, model) -> None:
+            device: torch.device, progress: bool) -> ObjectDetector:
+    def report(record: dict, state) -> None:
         if progress:
-            val_part = (f", val mAP {record['val_map']:.3f} (mAP@50 {record['val_map_50']:.3f})"
-                        if "val_map" in record else "")
-            tqdm.write(f"epoch {record['epoch']}: loss {record['loss']:.3f}{val_part}")
+            tqdm.write(_epoch_line(record))
 
     deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
-    outcome = run_trial(config, train, val, deadline=deadline, on_epoch=report, progress=progress)
+    outcome = run_trial(config, train, val, device=device, deadline=deadline, on_epoch=report, progress=progress)
     row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, _status(outcome.result))
     return ObjectDetector(outcome.detector, train.classes, config, leaderboard=sort_leaderboard([row]),
                           history={"0": [history_record(r) for r in outcome.result.history]},
                           metrics=outcome.result.best_metrics)
+
+
+def _epoch_line(record: dict) -> str:
+    """One line of progress for an epoch: its loss and validation (with how much of it ran)."""
+    line = f"epoch {record['epoch']}: loss {record['loss']:.3f}"
+    if "val_map" in record:
+        line += f", val mAP {record['val_map']:.3f} (mAP@50 {record['val_map_50']:.3f})"
+        if record.get("val_images") is not None and record["val_images"] < record.get("val_images_total", 0):
+            line += f" on {record['val_images']} of {record['val_images_total']} images (time limit)"
+    return line
 
 
 def _status(result) -> str:
@@ -221,36 +234,53 @@ def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchReq
     if r.time_limit is not None and not r.resume:
         # Ray has shut down by now: only the save is left to reserve time for.
         save_by = r.deadline_wall + _reserve(r.time_limit, True) - _reserve(r.time_limit, False)
-        board, metrics = _continue_best(detector, config, train, val, board, outcome.history, metrics,
-                                        save_by, r.time_limit, r.progress)
+        device = _continuation_device(outcome.gpus_per_trial)
+        if device is not None:
+            board, metrics = _continue_best(detector, config, train, val, board, outcome.history, metrics,
+                                            save_by, r.time_limit, r.progress, device)
     return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,
                           metrics=metrics)
 
 
+def _continuation_device(gpus_per_trial: float) -> torch.device | None:
+    """Where the best trial continues: the kind of device it trained on, or None (with a note)
+    when this process has none such (a CPU-only driver of a GPU cluster)."""
+    if gpus_per_trial <= 0:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    log.info("not continuing the best trial with the time left: it trained on a GPU and this process has none")
+    return None
+
+
 def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, board, history: dict,
-                   metrics: dict, deadline_wall: float, time_limit: float, progress: bool):
+                   metrics: dict, deadline_wall: float, time_limit: float, progress: bool,
+                   device: torch.device | None = None):
     """Spend time the search left over (trials stopped early by ASHA free it) on the best trial.
 
-    Only a best trial that its time share cut short is continued, in this process, from its
-    best checkpoint at half its learning rate (a warm restart of the cosine schedule); its row
+    Only a best trial that its time share cut short is continued, in this process on ``device``,
+    from its best checkpoint at half its learning rate (a warm restart of the cosine schedule),
+    and only when the time left holds an epoch and a validation as long as its last ones; its row
     and history are updated, and the detector keeps whichever epoch validates best.
     """
     trial_id = metrics["trial_id"]
     row = board.index[board["trial_id"] == trial_id][0]
     left = deadline_wall - time.time()
-    if board.at[row, "status"] != "stopped (time limit)" or left < max(10.0, 0.02 * time_limit):
+    last = (history.get(trial_id) or [{}])[-1]
+    needed = 1.2 * (float(last.get("train_seconds") or 0.0) + float(last.get("val_seconds") or 0.0))
+    if board.at[row, "status"] != "stopped (time limit)" or left < max(10.0, 0.02 * time_limit, needed):
         return board, metrics
     done = int(board.at[row, "epochs"])
     if done >= config.epochs:
         return board, metrics
     log.info("continuing trial %s for the %.0f s the search left over", trial_id, left)
-    more = config.replace(pretrained=None, lr=config.lr * 0.5, warmup_steps=min(config.warmup_steps, 10))
-    outcome = run_trial(more, train, val, init_state=detector.state_dict(), start_epoch=done + 1,
+    more = config.replace(lr=config.lr * 0.5, warmup_steps=min(config.warmup_steps, 10))
+    outcome = run_trial(more, train, val, device=device, resume={"state_dict": detector.state_dict(), "epoch": done},
                         deadline=time.monotonic() + left, progress=progress)
     records = [history_record(r) for r in outcome.result.history]
     history[trial_id] = history.get(trial_id, []) + records
     board = board.copy()
-    board.at[row, "epochs"] = done + len(records)
+    board.at[row, "epochs"] = records[-1]["epoch"] if records else done
     board.at[row, "seconds"] = round(float(board.at[row, "seconds"]) + outcome.seconds, 1)
     board.at[row, "status"] = _status(outcome.result) + " (continued)"
     new = outcome.result.best_metrics

@@ -7,8 +7,9 @@ import pandas as pd
 __all__ = ["COLUMNS", "HISTORY_KEYS", "history_record", "leaderboard_row", "sort_leaderboard", "select_best"]
 
 COLUMNS = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
-HISTORY_KEYS = ("epoch", "loss", "val_map", "val_map_50", "val_map_75")
-"""What ``history.json`` keeps of each epoch."""
+HISTORY_KEYS = ("epoch", "loss", "val_map", "val_map_50", "val_map_75", "val_images", "train_seconds", "val_seconds")
+"""What ``history.json`` keeps of each epoch (``val_images``: the images a validation cut short
+by the deadline scored)."""
 
 
 def history_record(record: dict) -> dict:
@@ -19,13 +20,14 @@ def history_record(record: dict) -> dict:
 def leaderboard_row(trial_id: str, config: dict, history: list[dict], seconds: float, status: str) -> dict:
     """One trial: id, model, best val mAP / mAP@50, epochs done, seconds, status, hyperparameters.
 
-    The configured maximum number of epochs appears as ``max_epochs`` (``epochs`` is what ran).
+    The configured maximum number of epochs appears as ``max_epochs`` (``epochs`` is what ran: the
+    last epoch recorded, since a search records only validated epochs).
     """
     scored = [r for r in history if r.get("val_map") is not None]
     best = max(scored, key=lambda r: (r["val_map"], r.get("val_map_50") or 0.0), default={})
     hyper = {("max_epochs" if k == "epochs" else k): v for k, v in config.items() if k != "model"}
     return {"trial_id": str(trial_id), "model": config["model"], "val_map": best.get("val_map"),
-            "val_map_50": best.get("val_map_50"), "epochs": len(history), "seconds": round(float(seconds), 1),
+            "val_map_50": best.get("val_map_50"), "epochs": int(history[-1]["epoch"]) if history else 0, "seconds": round(float(seconds), 1),
             "status": status, **hyper}
 
 

@@ -88,16 +88,43 @@ def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data
     assert elapsed < 150
 
 
-def test_time_limit_bounds_the_whole_fit(data, tmp_path):
-    train, val = data
+class _SlowImages(da.Dataset):
+    """A validation set whose images take ``delay`` s each to load: a validation as slow as a large one.
+
+    Shipped to Ray's trial processes by value (see ``slow_val``), so the slowness reaches them.
+    """
+
+    delay = 1.0
+
+    def __getitem__(self, index):
+        time.sleep(self.delay)
+        return super().__getitem__(index)
+
+
+@pytest.fixture
+def slow_val(data):
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield _SlowImages.from_records(data[1].records, data[1].classes)
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.mark.parametrize("num_trials", [1, 2])
+def test_time_limit_bounds_the_whole_fit_with_a_slow_validation(data, slow_val, tmp_path, num_trials):
+    """Validation time is part of the budget, in one run and in a search (with eval_every > 1)."""
+    train, _ = data
     limit = 40
     start = time.time()
-    detector = da.fit(train, val, time_limit=limit, num_trials=2, hyperparameters={**FIXED, "epochs": 200},
-                      output_dir=tmp_path, progress=False)
+    detector = da.fit(train, slow_val, time_limit=limit, num_trials=num_trials, output_dir=tmp_path, progress=False,
+                      hyperparameters={**FIXED, "epochs": 200, "eval_every": 2})
     elapsed = time.time() - start
-    assert elapsed <= limit + 3, f"fit took {elapsed:.1f} s for time_limit={limit}"
+    assert elapsed <= limit * 1.05, f"fit took {elapsed:.1f} s for time_limit={limit}"
     board = detector.leaderboard()
-    assert (board["status"] == "stopped (time limit)").any()
+    assert (board["status"] == "stopped (time limit)").any() and board["val_map"].notna().all()
+    history = detector.history[board.iloc[0]["trial_id"]]
+    validated = [r["epoch"] for r in history if "val_map" in r]
+    assert validated and all(e % 2 == 0 for e in validated[:-1])  # every 2nd epoch, and the last
     assert (detector.path / "model.pt").is_file()
 
 

@@ -43,5 +43,6 @@ def make_scheduler(epochs: int, grace_epochs: int, trial_budget: float | None, *
     if trial_budget is not None:
         return DefaultKeepingASHA(protected, time_attr="time_total_s", max_t=trial_budget * 2,
                                   grace_period=trial_budget / 4, reduction_factor=2)
-    return DefaultKeepingASHA(protected, time_attr="training_iteration", max_t=max(epochs, 1),
+    # On the epoch number, not Tune's report count: with eval_every > 1 only validated epochs report.
+    return DefaultKeepingASHA(protected, time_attr="epoch", max_t=max(epochs, 1),
                               grace_period=min(grace_epochs, epochs), reduction_factor=2)

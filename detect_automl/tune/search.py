@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -24,6 +25,8 @@ __all__ = ["SearchOutcome", "max_concurrent_trials", "run_search"]
 log = logging.getLogger("detect_automl")
 
 EXPERIMENT = "search"
+SIGNATURE_FILE = "search.json"
+"""What a search was asked (space, trials, fixed values), kept beside it so a resume can check it."""
 
 
 @dataclass
@@ -37,6 +40,7 @@ class SearchOutcome:
     best_metrics: dict = field(default_factory=dict)
     experiment_path: Path | None = None
     interrupted: bool = False
+    gpus_per_trial: float = 0.0
 
 
 def max_concurrent_trials(num_cpus: float, num_gpus: float, cpus_per_trial: float, gpus_per_trial: float,
@@ -79,6 +83,11 @@ def run_search(
     """Run ``num_trials`` sampled configurations with Ray Tune and collect the results."""
     # One best-so-far checkpoint per trial forces frequent state snapshots; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Every report carries val_map; a trial that ends without one (it started after the deadline,
+    # or its time ran out before a first validation) sends Tune only its final "done" result. Tune
+    # means to accept that, but counts the flattened config keys as metrics and fails the whole
+    # search (Ray 2.60 TuneController._validate_result_metrics); the leaderboard says "not run".
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     import ray
     from ray import tune
 
@@ -111,12 +120,17 @@ def run_search(
         # Tune stops launching trials at the deadline (pending ones stay resumable); running
         # trials stop themselves between steps at the same deadline.
         budget = None if deadline_wall is None else max(1.0, deadline_wall - time.time())
+        signature = _signature(space, num_trials, fixed)
         if resume and tune.Tuner.can_restore(str(experiment)):
+            _check_same_search(storage_dir / SIGNATURE_FILE, signature)
             log.info("resuming the search in %s", experiment)
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+            _set_time_budget(tuner, budget)
         elif resume:
             raise SearchError(f"resume=True but there is no search to resume in {experiment}")
         else:
+            storage_dir.mkdir(parents=True, exist_ok=True)
+            (storage_dir / SIGNATURE_FILE).write_text(json.dumps(signature, indent=1, sort_keys=True))
             first = default_point(space, base)  # the preset's default: tried first, never stopped early
             tuner = tune.Tuner(
                 trainable,
@@ -130,12 +144,16 @@ def run_search(
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=verbose,
                     failure_config=tune.FailureConfig(max_failures=0),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # The best epoch by val_map (what the leaderboard reports) and, apart from it,
+                    # the latest (what a resumed trial continues from).
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_map",
+                                                            checkpoint_score_order="max"),
                 ),
             )
         results = tuner.fit()  # Ctrl-C: Tune stops the trials, saves its state and returns
         cut = "time limit" if deadline_wall is not None and time.time() >= deadline_wall - 1.0 else "interrupted"
         outcome = _collect(results, fixed, experiment, cut)
+        outcome.gpus_per_trial = resources["gpu"]
         # Ctrl-C between two trials leaves no trial pending: count the trials, not only their statuses.
         outcome.interrupted = cut == "interrupted" and (
             len(results) < total or outcome.leaderboard["status"].astype(str).str.contains("interrupted").any())
@@ -200,8 +218,8 @@ def _collect(results, fixed: dict, experiment: Path, cut: str) -> SearchOutcome:
         seconds = float(records[-1].get("time_total_s", 0.0)) if records else 0.0
         rows.append(leaderboard_row(trial_id, params, history[trial_id], seconds, _status(result, records, params, trial, cut)))
         rows[-1]["node"] = str(records[-1].get("node_id", ""))[:12] if records else ""
-        if result.checkpoint is not None:
-            checkpoints[trial_id] = (result.checkpoint, params, rows[-1])
+        if result.best_checkpoints:
+            checkpoints[trial_id] = (_best_checkpoint(result.best_checkpoints), params, rows[-1])
     board = sort_leaderboard(rows)
     outcome = SearchOutcome(board, history, experiment_path=experiment)
     best_id = select_best(board)
@@ -213,6 +231,53 @@ def _collect(results, fixed: dict, experiment: Path, cut: str) -> SearchOutcome:
         outcome.best_config = TrainConfig.from_dict(params)
         outcome.best_metrics = {"map": row["val_map"], "map_50": row["val_map_50"], "trial_id": best_id}
     return outcome
+
+
+def _best_checkpoint(kept: list) -> object:
+    """The checkpoint of the best epoch (val mAP, ties by mAP@50) among those Tune kept."""
+    return max(kept, key=lambda pair: (pair[1].get("val_map", -1.0), pair[1].get("val_map_50", -1.0)))[0]
+
+
+def _signature(space: dict, num_trials: int, fixed: dict) -> dict:
+    """A JSON description of what a search is asked, to compare a resume against."""
+    values = {k: v for k, v in fixed.items() if k != "pretrained"}  # resolved per machine; not a choice
+    return {"num_trials": int(num_trials), "space": {k: _describe(v) for k, v in sorted(space.items())},
+            "fixed": json.loads(json.dumps(values, default=str))}
+
+
+def _describe(value) -> object:
+    """A search-space entry as JSON: plain values as they are, Ray Tune domains by kind and range."""
+    if hasattr(value, "domain_str"):
+        sampler = value.get_sampler() if hasattr(value, "get_sampler") else None
+        return f"{type(value).__name__}{value.domain_str} {type(sampler).__name__}"
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_same_search(file: Path, signature: dict) -> None:
+    """Refuse to resume a search with another space, number of trials or fixed values."""
+    if not file.is_file():
+        return  # a search started before this check existed
+    before = json.loads(file.read_text())
+    changed = [key for key in ("num_trials", "space") if before.get(key) != signature[key]]
+    changed += [f"hyperparameter {k!r}" for k in sorted(set(before.get("fixed", {})) | set(signature["fixed"]))
+                if before.get("fixed", {}).get(k) != signature["fixed"].get(k)]
+    if changed:
+        raise SearchError(f"resume=True continues the search in {file.parent} as it was asked; these differ now: "
+                          f"{', '.join(changed)} (before: {json.dumps({k: before.get(k) for k in ('num_trials', 'space')})}). "
+                          "Ask the same again to resume it, or start a new search in another output_dir.")
+
+
+def _set_time_budget(tuner, budget: float | None) -> None:
+    """Apply this call's time budget to a restored Tuner (Tune restores the first call's budget).
+
+    ``Tuner.restore`` has no argument for it; its TuneConfig is where Tune reads it when ``fit``
+    starts. The trials themselves stop at this call's deadline either way.
+    """
+    tune_config = getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None)
+    if tune_config is None:
+        log.warning("cannot apply the new time_limit to the resumed search's scheduler; trials still stop at it")
+        return
+    tune_config.time_budget_s = budget
 
 
 def _status(result, records: list[dict], params: dict, trial, cut: str) -> str:
