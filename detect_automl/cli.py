@@ -10,8 +10,15 @@ import argparse
 import json
 import logging
 import sys
+import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .predictor import ObjectDetector
+    from .results import Detections
 
 __all__ = ["main"]
 
@@ -61,7 +68,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     detector = ObjectDetector.load(args.model)
     images = _image_paths(args.images)
-    results = detector.predict(images, score_threshold=args.score_threshold, progress=True)
+    results = [_predict_one(detector, path, f"{i}/{len(images)}", args) for i, path in enumerate(images, 1)]
     payload = {str(p): r.to_dict()["detections"] for p, r in zip(images, results)}
     text = json.dumps(payload, indent=2)
     if args.out:
@@ -73,6 +80,24 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         print(text)
     return 0
+
+
+def _predict_one(detector: ObjectDetector, path: str, position: str, args: argparse.Namespace) -> Detections:
+    """Detections in one image; unless ``--quiet``, one line on stderr: position, path, counts, time."""
+    start = time.perf_counter()
+    detections = detector.predict(path, score_threshold=args.score_threshold)
+    if not args.quiet:
+        ms = (time.perf_counter() - start) * 1000
+        print(f"image {position} {path}: {_count_by_class(detections)}, {ms:.1f}ms", file=sys.stderr)
+    return detections
+
+
+def _count_by_class(detections: Detections) -> str:
+    """``"2 raccoon, 1 dog"`` (in class order), or ``"no detections"``."""
+    counts = Counter(detections.class_ids.tolist())
+    if not counts:
+        return "no detections"
+    return ", ".join(f"{counts[i]} {detections.class_names[i]}" for i in sorted(counts))
 
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -197,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="write predictions.json and each image with its detections drawn (OUT/<name>.jpg) here, "
                         "instead of printing")
+    p.add_argument("--quiet", action="store_true",
+                   help="do not print a line per image (position, path, detections per class, milliseconds) "
+                        "on stderr")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("evaluate", help="COCO mAP of a saved model on a labelled dataset")

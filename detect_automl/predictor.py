@@ -84,7 +84,9 @@ class ObjectDetector:
         """Detect objects in one image or a list of images.
 
         Args:
-            images: a path, a numpy HxWx3 RGB uint8 array, a PIL image, or a list of these.
+            images: a path, a numpy uint8 array (HxWx3 RGB; also HxWx4 RGBA, HxW grayscale,
+                read-only or not), a PIL image of any mode, or a list of these; each is
+                converted as a file of its kind is (alpha dropped, gray repeated).
             score_threshold: drop detections scoring below this (default: ``self.score_threshold``).
             batch_size: images per forward pass.
             progress: show a progress bar over the batches.

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+import detect_automl as da
 from detect_automl.cli import main
+from detect_automl.config import TrainConfig
+from detect_automl.models import build
+
+LINE = re.compile(r"image (\d+)/(\d+) (.+): (.+), (\d+\.\d)ms")
+"""What ``predict`` prints for each image: index/total, path, counts by class name, milliseconds."""
+
+
+def _untrained_model(path: Path, classes: list[str]) -> Path:
+    """Save an untrained detector: at a low score threshold it still finds boxes of every class."""
+    board = pd.DataFrame([{"trial_id": "0", "model": "ssdlite320_mobilenet_v3_large"}])
+    da.ObjectDetector(build("ssdlite320_mobilenet_v3_large", len(classes)), classes, TrainConfig(pretrained=None),
+                      leaderboard=board).save(path)
+    return path
 
 
 def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
@@ -44,14 +61,7 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
 
 
 def test_predict_out_writes_json_and_one_drawn_image_per_input(datasets_dir, tmp_path, capsys):
-    import detect_automl as da
-    from detect_automl.config import TrainConfig
-    from detect_automl.models import build
-
-    model = tmp_path / "model"  # untrained: at score threshold 0 it still finds boxes to draw
-    board = pd.DataFrame([{"trial_id": "0", "model": "ssdlite320_mobilenet_v3_large"}])
-    da.ObjectDetector(build("ssdlite320_mobilenet_v3_large", 1), ["raccoon"], TrainConfig(),
-                      leaderboard=board).save(model)
+    model = _untrained_model(tmp_path / "model", ["raccoon"])  # at score threshold 0 it finds boxes to draw
     source = sorted((datasets_dir / "raccoon" / "JPEGImages").glob("*.jpg"))[:2]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -78,3 +88,49 @@ def test_predict_out_writes_json_and_one_drawn_image_per_input(datasets_dir, tmp
     assert list(json.loads(capsys.readouterr().out)) == [str(tmp_path / "a" / "x.jpg")]
     assert main(["predict", str(model), str(out / "missing"), str(tmp_path)]) == 2
     assert f"{tmp_path}: a folder without image files" in capsys.readouterr().err
+
+
+def _image_lines(printed: str) -> list[re.Match]:
+    """The per-image lines among what was printed, each checked against LINE."""
+    lines = [line for line in printed.splitlines() if line.startswith("image ")]
+    assert all(LINE.fullmatch(line) for line in lines), lines
+    return [LINE.fullmatch(line) for line in lines]
+
+
+def _counts(text: str) -> dict[str, int]:
+    """``"2 RBC, 1 WBC"`` -> {"RBC": 2, "WBC": 1}; ``"no detections"`` -> {}."""
+    if text == "no detections":
+        return {}
+    return {name: int(n) for n, name in (part.split(" ", 1) for part in text.split(", "))}
+
+
+def test_predict_prints_one_line_per_image_unless_quiet(datasets_dir, tmp_path, capsys):
+    classes = ["Platelets", "RBC", "WBC"]
+    model = _untrained_model(tmp_path / "model", classes)
+    images = sorted(str(p) for p in (datasets_dir / "bccd" / "JPEGImages").glob("*.jpg"))[:3]
+    out = tmp_path / "out"
+    assert main(["predict", str(model), *images, "--score-threshold", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert f"wrote {out / 'predictions.json'}" in printed.out
+    predictions = json.loads((out / "predictions.json").read_text())
+    lines = _image_lines(printed.err)  # stderr: stdout stays the result (JSON without --out)
+    assert [(int(m[1]), int(m[2]), m[3]) for m in lines] == [(i, 3, path) for i, path in enumerate(images, 1)]
+    for m, path in zip(lines, images):
+        counts = _counts(m[4])
+        assert counts == Counter(d["class_name"] for d in predictions[path])
+        assert list(counts) == [c for c in classes if c in counts]  # in class order
+        assert 0 < float(m[5]) < 60_000
+    assert sum(len(_counts(m[4])) > 1 for m in lines) > 0  # "n A, m B" was exercised
+
+    # Without --out the JSON alone is on stdout; an image without detections says so.
+    assert main(["predict", str(model), images[0], "--score-threshold", "1.01"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out) == {images[0]: []}
+    assert [m[4] for m in _image_lines(printed.err)] == ["no detections"]
+
+    # --quiet prints none of them, and still writes the same files.
+    quiet = tmp_path / "quiet"
+    assert main(["predict", str(model), *images, "--score-threshold", "0", "--out", str(quiet), "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert not _image_lines(printed.out + printed.err)
+    assert json.loads((quiet / "predictions.json").read_text()) == predictions

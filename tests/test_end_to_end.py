@@ -87,19 +87,6 @@ def test_predict_accepts_path_array_pil_and_lists(fitted):
     assert len(high) == 0 and high.boxes.shape == (0, 4)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ([], "empty list"),
-    (np.zeros((10, 10), np.uint8), r"HxWx3 RGB array, got shape \(10, 10\)"),
-    (np.zeros((10, 10, 3), np.float32), "dtype uint8"),
-    (42, "got int"),
-    ("/nonexistent/cat.jpg", "image #0: .*cat.jpg"),
-])
-def test_predict_input_errors_are_clear(fitted, bad, message):
-    detector, _, _ = fitted
-    with pytest.raises(da.InputError, match=message):
-        detector.predict(bad)
-
-
 def test_evaluate_matches_classes_by_name(fitted, datasets_dir):
     detector, _, _ = fitted
     with pytest.raises(da.DatasetError, match=r"\['date', 'fig', 'hazelnut'\] are not among the model's classes"):

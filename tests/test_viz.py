@@ -127,7 +127,7 @@ def test_accepts_a_path_or_a_pil_image_and_rejects_other_things(tmp_path):
     with pytest.raises(InputError, match="Detections"):
         draw_detections(image, [[40, 60, 200, 180]])
     with pytest.raises(InputError, match="image #0"):
-        draw_detections(image[..., 0], detections)
+        draw_detections(image[None], detections)  # a batch, not an image
 
 
 def _metrics():
