@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,7 +157,8 @@ def test_coco_to_voc_and_back(datasets_dir, tmp_path, assert_same_records):
     ds.to_voc(tmp_path / "voc", split="val")
     back = Dataset(tmp_path / "voc", split="val")
     assert back.format == "voc" and back.classes == ds.classes
-    assert_same_records(back.records, ds.records)
+    # VOC has no area: the polygon areas are lost, the box area stands for them.
+    assert_same_records(back.records, [replace(r, area=np.full(len(r.boxes), np.nan)) for r in ds])
 
 
 def test_voc_to_coco_and_back(datasets_dir, tmp_path, assert_same_records):
