@@ -168,7 +168,7 @@ def test_area_is_read_and_written_back(fruits, tmp_path):
     np.testing.assert_array_equal(np.concatenate([r.area for r in back]), expected)
 
 
-@pytest.mark.parametrize("area", ["missing", None, "12", 0, -5.0, float("nan")])
+@pytest.mark.parametrize("area", ["missing", None, "12", True, 0, -5.0, float("nan"), float("inf"), 10**400])
 def test_missing_or_unusable_area_means_the_box_area(fruits, tmp_path, area):
     data = _instances(fruits, "val")
     ann = data["annotations"][0]

@@ -261,9 +261,13 @@ def _xyxy(bbox: Any, where: str) -> list[float]:
 
 def _area(value: Any) -> float:
     """The annotation's ``area`` when it is a positive finite number, else NaN (unknown)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0:
-        return float(value)
-    return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    try:
+        area = float(value)
+    except OverflowError:  # an integer beyond the float range
+        return float("nan")
+    return area if np.isfinite(area) and area > 0 else float("nan")
 
 
 def _int(value: Any) -> int:
