@@ -69,16 +69,21 @@ def _read(item: Mapping, index: int, kind: str, num_classes: int, with_scores: b
             raise InputError(f"{where} needs {len(boxes)} finite scores, got {scores.tolist()[:5]}")
         out["scores"] = scores
     else:
-        ignore = item.get("ignore")
-        flags = (
-            np.zeros(len(boxes), dtype=bool)
-            if ignore is None
-            else _to_numpy(ignore, bool, f"{where}['ignore']").reshape(-1)
-        )
-        if len(flags) != len(boxes):
-            raise InputError(f"{where} has {len(boxes)} boxes but {len(flags)} ignore flags")
-        out["ignore"] = flags
+        out["ignore"] = _optional(item, "ignore", bool, False, where, len(boxes))
+        out["area"] = _optional(item, "area", np.float64, np.nan, where, len(boxes))
+        if not (np.isnan(out["area"]) | (np.isfinite(out["area"]) & (out["area"] > 0))).all():
+            raise InputError(f"{where}['area']: areas must be positive (NaN: the box area), got {out['area'][:5]}")
     return out
+
+
+def _optional(item: Mapping, key: str, dtype: Any, missing: Any, where: str, n: int) -> np.ndarray:
+    """The per-box array ``item[key]`` (``missing`` for every box when absent or None)."""
+    if item.get(key) is None:
+        return np.full(n, missing, dtype=dtype)
+    values = _to_numpy(item[key], dtype, f"{where}[{key!r}]").reshape(-1)
+    if len(values) != n:
+        raise InputError(f"{where} has {n} boxes but {len(values)} values in {key!r}")
+    return values
 
 
 def _xywh(box: np.ndarray) -> list[float]:
@@ -98,14 +103,14 @@ def _build(
             if ground_truth[i].get(key) is not None:
                 image[key] = int(ground_truth[i][key])
         images.append(image)
-        for box, label, ignore in zip(gt["boxes"], gt["labels"], gt["ignore"]):
+        for box, label, ignore, area in zip(gt["boxes"], gt["labels"], gt["ignore"], gt["area"]):
             bbox = _xywh(box)
             annotations.append({
                 "id": len(annotations) + 1,  # pycocotools treats id 0 as "unmatched"
                 "image_id": i + 1,
                 "category_id": int(label) + 1,
                 "bbox": bbox,
-                "area": bbox[2] * bbox[3],
+                "area": bbox[2] * bbox[3] if np.isnan(area) else float(area),  # COCO's: the object's area
                 "iscrowd": int(bool(ignore)),
             })
         for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"]):
@@ -175,9 +180,10 @@ def coco_metrics(
 
     Args:
         ground_truth: One mapping per image: ``boxes`` (N, 4) xyxy pixels, ``labels`` (N,) 0-based
-            class ids, optional ``ignore`` (N,) bool (difficult/crowd), optional ``width`` and
-            ``height``.
-            Numpy arrays, torch tensors or lists.
+            class ids, optional ``ignore`` (N,) bool (difficult/crowd), optional ``area`` (N,) of
+            each object (COCO's annotation ``area``, e.g. its segmentation area: it decides
+            ``map_small/medium/large``; NaN or absent: the box area), optional ``width`` and
+            ``height``. Numpy arrays, torch tensors or lists.
         predictions: One mapping per image, same order: ``boxes`` (M, 4) xyxy, ``scores`` (M,),
             ``labels`` (M,) 0-based. Only the 100 best-scoring boxes per image count (COCO rule).
         class_names: The class names; label ``k`` is ``class_names[k]``.
@@ -194,7 +200,7 @@ def coco_metrics(
         (boxes not ignored) and ``num_detections``.
 
     Raises:
-        InputError: The two sequences differ in length, or a box/label/score array is malformed.
+        InputError: The two sequences differ in length, or a box/label/score/area array is malformed.
 
     >>> gt = [{"boxes": [[0, 0, 10, 10]], "labels": [0]}]
     >>> pred = [{"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}]

@@ -32,7 +32,7 @@ def shared_data() -> Path:
 
 
 def _assert_same_records(got, expected, *, same_path_names: bool = True) -> None:
-    """Records match exactly: ids, boxes, labels, flags, sizes (and image file names)."""
+    """Records match exactly: ids, boxes, labels, flags, areas (NaN: the box area), sizes (and image file names)."""
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert a.image_id == b.image_id
@@ -42,6 +42,7 @@ def _assert_same_records(got, expected, *, same_path_names: bool = True) -> None
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(a.difficult, b.difficult)
         np.testing.assert_array_equal(a.iscrowd, b.iscrowd)
+        np.testing.assert_array_equal(a.object_area, b.object_area)
         if same_path_names:
             assert a.path.name == b.path.name
             assert a.path.read_bytes() == b.path.read_bytes()

@@ -74,6 +74,7 @@ def _assert_rest_intact(report, clean: da.Dataset, dropped_images=(), dropped_bo
         if rec.image_id in kept:
             dropped = (dropped_boxes or {}).get(rec.image_id, [])
             np.testing.assert_array_equal(kept[rec.image_id].boxes, np.delete(rec.boxes, dropped, axis=0))
+            np.testing.assert_array_equal(kept[rec.image_id].area, np.delete(rec.area, dropped))
             assert kept[rec.image_id].path == rec.path
 
 
@@ -249,6 +250,19 @@ def test_bad_coco_annotation_drops_that_box_only(coco, edit, code, text):
     assert problem.file == str(path) and text.format(id=ann["id"]) in problem.message
     assert problem.action == "annotation skipped"
     _assert_rest_intact(report, clean, dropped_boxes={image_id: [position]})
+
+
+def test_coco_box_dropped_by_the_checks_takes_its_area_along(coco):
+    path, data = coco
+    clean = da.Dataset(_write_json(path, data))
+    ann = data["annotations"][1]
+    image_id = str(ann["image_id"])
+    position = [a["id"] for a in data["annotations"] if str(a["image_id"]) == image_id].index(ann["id"])
+    ann["bbox"] = [900, 10, 50, 50]  # right of the 800 px wide image
+    report = da.inspect(_write_json(path, data))
+    assert _one(report, "box_outside").action == "box dropped"
+    _assert_rest_intact(report, clean, dropped_boxes={image_id: [position]})
+    assert np.isfinite(np.concatenate([r.area for r in report.dataset])).all()  # fruits_nuts' polygon areas
 
 
 def test_coco_duplicates_and_wrong_types(coco):

@@ -1,9 +1,10 @@
-"""VOC <-> COCO conversion keeps every record exactly: boxes, labels, flags, images without boxes."""
+"""VOC <-> COCO conversion keeps every record exactly: boxes, labels, flags, areas, images without boxes."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from detect_automl import Dataset, InputError
@@ -53,8 +54,20 @@ def test_every_image_without_a_split_and_a_coco_json_as_source(datasets_dir, tmp
     source = Dataset(instances)
     back = Dataset(tmp_path / "coco" / "annotations" / "instances_all.json")
     assert back.classes == source.classes
-    # A VOC id is the image file's stem, and an integer VOC id is kept as the COCO id.
-    assert_same_records(back.records, [replace(r, image_id=r.path.stem) for r in source])
+    # A VOC id is the image file's stem, and an integer VOC id is kept as the COCO id. VOC has no
+    # area: the polygon areas of the source are lost on the way, and the box area stands for them.
+    expected = [replace(r, image_id=r.path.stem, area=np.full(len(r.boxes), np.nan)) for r in source]
+    assert_same_records(back.records, expected)
+    assert all(np.isfinite(r.area).all() for r in source)
+
+
+def test_coco_to_coco_keeps_the_polygon_areas(datasets_dir, tmp_path, assert_same_records):
+    fruits = datasets_dir / "fruits_nuts"
+    convert(fruits, "coco", tmp_path / "coco", splits=["val"])
+    source = Dataset(fruits, format="coco", split="val")
+    assert_same_records(Dataset(tmp_path / "coco", format="coco", split="val").records, source.records)
+    assert any((r.object_area != (r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1])).all()
+               for r in source)  # what is kept really is not the box area
 
 
 def test_bad_target_or_the_source_folder_as_output(datasets_dir):

@@ -146,3 +146,52 @@ def test_missing_image_is_named(fruits, tmp_path):
     data["images"][1]["file_name"] = "missing.jpg"
     with pytest.raises(DatasetError, match=r"edited\.json: image id \d+: file .*missing\.jpg not found"):
         read_coco(_write(tmp_path, data), images=fruits / "images")
+
+
+def test_area_is_read_and_written_back(fruits, tmp_path):
+    # fruits_nuts' areas are polygon areas, not w*h: COCO -> records -> COCO keeps them (float32, like boxes).
+    data = _instances(fruits)
+    classes, records, _ = read_coco(fruits / "annotations" / "instances_train.json")
+    areas = np.concatenate([r.area for r in records])
+    assert areas.dtype == np.float32
+    by_image = {str(i["id"]): [a["area"] for a in data["annotations"] if a["image_id"] == i["id"]]
+                for i in data["images"]}
+    expected = np.concatenate([np.asarray(by_image[r.image_id], np.float32) for r in records])
+    np.testing.assert_array_equal(areas, expected)
+    box_areas = np.concatenate([(r.boxes[:, 2] - r.boxes[:, 0]) * (r.boxes[:, 3] - r.boxes[:, 1]) for r in records])
+    assert (np.abs(areas - box_areas) > 1).sum() > 100  # really not the box area
+
+    write_coco(classes, records, tmp_path / "out.json", images_dir=tmp_path / "images")
+    written = json.loads((tmp_path / "out.json").read_text())["annotations"]
+    np.testing.assert_array_equal(np.asarray([a["area"] for a in written], np.float32), expected)
+    _, back, _ = read_coco(tmp_path / "out.json", images=tmp_path / "images")
+    np.testing.assert_array_equal(np.concatenate([r.area for r in back]), expected)
+
+
+@pytest.mark.parametrize("area", ["missing", None, "12", True, 0, -5.0, float("nan"), float("inf"), 10**400])
+def test_missing_or_unusable_area_means_the_box_area(fruits, tmp_path, area):
+    data = _instances(fruits, "val")
+    ann = data["annotations"][0]
+    if area == "missing":
+        del ann["area"]
+    else:
+        ann["area"] = area
+    _, records, _ = read_coco(_write(tmp_path, data), images=fruits / "images")
+    rec = next(r for r in records if r.image_id == str(ann["image_id"]))
+    k = rec.boxes.tolist().index([ann["bbox"][0], ann["bbox"][1], ann["bbox"][0] + ann["bbox"][2],
+                                  ann["bbox"][1] + ann["bbox"][3]])
+    assert np.isnan(rec.area[k]) and np.isfinite(np.delete(rec.area, k)).all()
+    assert rec.object_area[k] == ann["bbox"][2] * ann["bbox"][3]
+    write_coco(["date", "fig", "hazelnut"], [rec], tmp_path / "out.json", images_dir=tmp_path / "images")
+    assert json.loads((tmp_path / "out.json").read_text())["annotations"][k]["area"] == ann["bbox"][2] * ann["bbox"][3]
+
+
+def test_area_follows_the_boxes_kept(fruits):
+    _, records, _ = read_coco(fruits / "annotations" / "instances_val.json")
+    rec = records[0]
+    keep = np.arange(len(rec.boxes)) % 2 == 0
+    sub = rec.with_boxes(keep)
+    np.testing.assert_array_equal(sub.area, rec.area[keep])
+    assert np.isnan(ImageRecord(rec.path, boxes=rec.boxes, labels=rec.labels).area).sum() == len(rec.boxes)
+    with pytest.raises(ValueError):
+        ImageRecord(rec.path, boxes=rec.boxes, labels=rec.labels, area=[1.0, 2.0])

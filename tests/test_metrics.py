@@ -114,6 +114,21 @@ def test_ignored_ground_truth_is_neither_hit_nor_miss():
     assert plain["map"] == pytest.approx(51 / 101, abs=1e-6)
 
 
+def test_ground_truth_area_decides_the_size_bucket():
+    # A 100x100 box (10000 px: large) whose object covers 5000 px (medium), as COCO's polygon areas do.
+    box = [[0, 0, 100, 100]]
+    pred = [_pred(box, [0], [0.9])]
+    by_area = coco_metrics([{**_gt(box, [0]), "area": [5000.0]}], pred, ["thing"])
+    assert by_area["map_medium"] == pytest.approx(1.0, abs=TOL) and by_area["map_large"] == 0.0
+    for unknown in ([np.nan], None):  # NaN or no area: the box area
+        by_box = coco_metrics([{**_gt(box, [0]), "area": unknown}], pred, ["thing"])
+        assert by_box["map_large"] == pytest.approx(1.0, abs=TOL) and by_box["map_medium"] == 0.0
+    for bad, message in (([1.0, 2.0], "1 boxes but 2 values in 'area'"), ([-1.0], "areas must be positive"),
+                         ([np.inf], "areas must be positive")):
+        with pytest.raises(InputError, match=message):
+            coco_metrics([{**_gt(box, [0]), "area": bad}], pred, ["thing"])
+
+
 def test_class_without_ground_truth_is_none_and_result_is_json():
     gt = [_gt([[0, 0, 50, 50]], [0]), _gt([[10, 10, 90, 90]], [1])]
     preds = [
@@ -175,6 +190,8 @@ def test_tensor_like_inputs_and_bad_inputs():
         coco_metrics(gt, [_pred([[0, 0, 20, 20]], [3], [0.5])], ["a"])
     with pytest.raises(InputError, match="scores"):
         coco_metrics(gt, [_pred([[0, 0, 20, 20]], [0], [])], ["a"])
+    with pytest.raises(InputError, match="1 boxes but 2 values in 'ignore'"):
+        coco_metrics([{**gt[0], "ignore": [True, False]}], preds, ["a"])
 
 
 def _random_case(seed=0, num_images=6, num_classes=3):

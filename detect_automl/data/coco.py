@@ -25,7 +25,9 @@ def read_coco(
     """Read a COCO instances file.
 
     Every declared category becomes a class, in category-id order, used or not. Images without
-    annotations are kept as negative records. ``bbox`` ``[x, y, w, h]`` becomes xyxy.
+    annotations are kept as negative records. ``bbox`` ``[x, y, w, h]`` becomes xyxy. ``area`` (the
+    segmentation area COCO evaluation sorts objects by) is kept; missing, or not a positive number,
+    it is unknown (NaN) and the box area stands for it.
 
     Args:
         json_path: the instances JSON file.
@@ -77,8 +79,9 @@ def write_coco(
 
     Category ids are 1..K in class order, annotation ids start at 1 (pycocotools treats id 0 as
     unmatched). Image ids are kept when every record's ``image_id`` is a distinct integer, else
-    they are numbered from 1. ``file_name`` is relative to ``images_dir``. A ``difficult`` key is
-    added to annotations whose VOC ``difficult`` flag is set (read back by ``read_coco``).
+    they are numbered from 1. ``file_name`` is relative to ``images_dir``. ``area`` is the record's
+    (:attr:`ImageRecord.object_area`: the box area where unknown). A ``difficult`` key is added to
+    annotations whose VOC ``difficult`` flag is set (read back by ``read_coco``).
 
     Args:
         classes: class names; ``labels`` index into it.
@@ -97,11 +100,11 @@ def write_coco(
     images, annotations = [], []
     for image_id, name, rec in zip(image_ids, names, records):
         images.append({"id": image_id, "file_name": name, "width": int(rec.width), "height": int(rec.height)})
-        for box, label, crowd, difficult in zip(rec.boxes, rec.labels, rec.iscrowd, rec.difficult):
+        for box, label, crowd, difficult, area in zip(rec.boxes, rec.labels, rec.iscrowd, rec.difficult,
+                                                      rec.object_area):
             x1, y1, x2, y2 = (_plain(v) for v in box)
-            w, h = _plain(x2 - x1), _plain(y2 - y1)
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                   "bbox": [x1, y1, w, h], "area": _plain(w * h), "iscrowd": int(crowd)}
+                   "bbox": [x1, y1, _plain(x2 - x1), _plain(y2 - y1)], "area": _plain(area), "iscrowd": int(crowd)}
             if difficult:
                 ann["difficult"] = 1
             annotations.append(ann)
@@ -198,14 +201,14 @@ def _image_entries(data: dict, path: Path, problems: list[Problem] | None) -> li
 
 
 def _annotation(ann: dict, where: str, objects: dict, label_of: dict[int, int]) -> tuple:
-    """``(xyxy, label, iscrowd, difficult)`` of one annotation; raises Invalid."""
+    """``(xyxy, label, iscrowd, difficult, area)`` of one annotation; raises Invalid."""
     if not _hashable(ann["image_id"]) or ann["image_id"] not in objects:
         raise Invalid("unknown_image", f"{where}: unknown image_id {ann['image_id']!r}")
     if not _hashable(ann["category_id"]) or ann["category_id"] not in label_of:
         raise Invalid("unknown_class", f"{where}: unknown category_id {ann['category_id']!r} "
                       f"(declared: {list(label_of)})")
     return (_xyxy(ann["bbox"], where), label_of[ann["category_id"]],
-            bool(ann.get("iscrowd", 0)), bool(ann.get("difficult", 0)))
+            bool(ann.get("iscrowd", 0)), bool(ann.get("difficult", 0)), _area(ann.get("area")))
 
 
 def _hashable(value: Any) -> bool:
@@ -238,11 +241,11 @@ def _image_record(
         report_error(problems, "image_missing", json_path, f"image id {entry['id']!r}: file {path} not found",
                      str(entry["id"]), "image skipped")
         return None
-    boxes, labels, iscrowd, difficult = zip(*objects) if objects else ((), (), (), ())
+    boxes, labels, iscrowd, difficult, area = zip(*objects) if objects else ((), (), (), (), ())
     return ImageRecord(
         path=path, width=_int(entry.get("width")), height=_int(entry.get("height")),
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels=labels,
-        iscrowd=iscrowd, difficult=difficult, image_id=str(entry["id"]), source=str(json_path),
+        iscrowd=iscrowd, difficult=difficult, image_id=str(entry["id"]), source=str(json_path), area=area,
     )
 
 
@@ -254,6 +257,17 @@ def _xyxy(bbox: Any, where: str) -> list[float]:
     if not np.isfinite([x, y, w, h]).all():
         raise Invalid("box_nan", f"{where}: bbox has a non-finite value: {bbox!r}")
     return [x, y, x + w, y + h]
+
+
+def _area(value: Any) -> float:
+    """The annotation's ``area`` when it is a positive finite number, else NaN (unknown)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return float("nan")
+    try:
+        area = float(value)
+    except OverflowError:  # an integer beyond the float range
+        return float("nan")
+    return area if np.isfinite(area) and area > 0 else float("nan")
 
 
 def _int(value: Any) -> int:

@@ -61,7 +61,9 @@ class DetectionDataset(torch.utils.data.Dataset):
     ``boxes`` float32 (N, 4) xyxy pixels, ``labels`` int64 (N,) 0-based class ids and
     ``image_id`` (the int index in this dataset). Boxes are clipped to the decoded image and
     those under 1 px wide or high are dropped (see :func:`sanitize_boxes`); one warning per
-    dataset summarises the drops. Images without boxes give ``boxes`` of shape (0, 4).
+    dataset summarises the drops. COCO crowd boxes are never targets (as in torchvision's
+    detection references); evaluation reads them from the records, as regions to ignore. Images
+    without boxes, or with crowd boxes only, give ``boxes`` of shape (0, 4).
 
     Args:
         dataset: the records to serve.
@@ -94,6 +96,8 @@ class DetectionDataset(torch.utils.data.Dataset):
         dropped = int((~keep).sum())
         if dropped > self._expected_drops[index] and not self._warned:  # decoded size != annotated
             self._warn(dropped, 1, record, record.boxes[~keep][0])
+        not_crowd = ~record.iscrowd[keep]
+        boxes, labels = boxes[not_crowd], labels[not_crowd]
         if self.max_side is not None and max(height, width) > self.max_side:
             image, boxes = _shrink(image, boxes, self.max_side / max(height, width))
         image, boxes, labels = self.transforms(image, boxes, labels)

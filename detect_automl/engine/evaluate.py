@@ -33,7 +33,8 @@ def predict_loader(
     Returns:
         ``(ground_truth, predictions)``, one numpy dict each per image in loader order, in the
         form :func:`detect_automl.metrics.coco_metrics` takes. Ground truth follows the same
-        clipping rule as training, and carries the records' difficult/crowd flags as ``ignore``.
+        clipping rule as training, and carries the records' difficult/crowd flags as ``ignore`` and
+        their object areas as ``area`` (NaN: the box area).
     """
     was_training = model.training
     model.eval()
@@ -50,7 +51,8 @@ def predict_loader(
             for image, target, out in zip(images, targets, outputs):
                 record = records[int(target["image_id"])]
                 boxes, labels, keep = sanitize_boxes(record.boxes, record.labels, image.shape[2], image.shape[1])
-                ground_truth.append({"boxes": boxes, "labels": labels, "ignore": record.ignore[keep]})
+                ground_truth.append({"boxes": boxes, "labels": labels, "ignore": record.ignore[keep],
+                                     "area": record.area[keep]})
                 predictions.append({k: out[k].float().numpy() for k in ("boxes", "scores", "labels")})
     finally:
         model.train(was_training)
