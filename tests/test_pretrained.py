@@ -12,10 +12,12 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torchvision.models import WeightsEnum, mobilenet_v3_large
 
+from detect_automl import ObjectDetector, TrainConfig
 from detect_automl.models import Detector, build, get_spec
 from detect_automl.models.weights import placeholder_weights
 
@@ -127,6 +129,25 @@ def test_architecture_only_coco_build_equals_the_real_one(coco_built, offline):
         assert _architecture(scratch) != _architecture(coco_built)
 
 
+def _image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (200, 240, 3), dtype=np.uint8)
+
+
+def test_a_saved_coco_model_loads_into_its_own_architecture_offline(coco_built, offline, tmp_path):
+    name = coco_built.spec.name
+    original = ObjectDetector(coco_built, CLASSES, TrainConfig(model=name, pretrained="coco", image_size=SIZE),
+                              device="cpu")
+    loaded = ObjectDetector.load(original.save(tmp_path / "model"), device="cpu")
+    assert _architecture(loaded.model) == _architecture(coco_built)
+    assert loaded.config.pretrained == "coco"  # a second save records the same architecture
+    expected, got = original.predict(_image(), score_threshold=0.0), loaded.predict(_image(), score_threshold=0.0)
+    assert len(expected.scores) > 0
+    np.testing.assert_array_equal(got.class_ids, expected.class_ids)
+    np.testing.assert_array_equal(got.scores, expected.scores)
+    np.testing.assert_array_equal(got.boxes, expected.boxes)
+    assert not offline.exists()
+
+
 @pytest.mark.parametrize("name", ["ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn"])
 def test_architecture_only_imagenet_build_equals_the_real_one(name):
     spec = get_spec(name)
@@ -147,6 +168,17 @@ def test_a_path_or_auto_rebuilds_the_scratch_architecture_without_reading_anythi
         assert _architecture(build(name, 2, pretrained="auto", load_pretrained=False)) == scratch
     assert _architecture(build(name, 2, pretrained=str(tmp_path / "gone.pth"), load_pretrained=False)) == scratch
     assert not offline.exists()
+
+
+def test_a_model_saved_with_pretrained_auto_still_loads(tmp_path):
+    name = "ssdlite320_mobilenet_v3_large"
+    torch.manual_seed(0)
+    detector = build(name, len(CLASSES))
+    original = ObjectDetector(detector, CLASSES, TrainConfig(model=name, pretrained="auto"), device="cpu")
+    loaded = ObjectDetector.load(original.save(tmp_path / "model"), device="cpu")
+    assert _architecture(loaded.model) == _architecture(detector)
+    expected, got = original.predict(_image(), score_threshold=0.0), loaded.predict(_image(), score_threshold=0.0)
+    np.testing.assert_array_equal(got.scores, expected.scores)
 
 
 def test_placeholders_are_served_only_to_the_building_thread_and_only_inside():
@@ -186,3 +218,19 @@ def test_nested_placeholder_blocks_neither_deadlock_nor_end_the_outer_one():
     thread.start()
     thread.join(timeout=60)
     assert result == ["served"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+@pytest.mark.parametrize("coco_built", ["fasterrcnn_mobilenet_v3_large_320_fpn"], indirect=True)
+def test_a_loaded_coco_model_exports_what_it_predicts(coco_built, tmp_path):
+    name = coco_built.spec.name
+    saved = ObjectDetector(coco_built, CLASSES, TrainConfig(model=name, pretrained="coco", image_size=SIZE),
+                           device="cpu").save(tmp_path / "model")
+    loaded = ObjectDetector.load(saved, device="cpu")
+    scripted = torch.jit.load(str(loaded.export(saved / "model.torchscript")))
+    boxes, scores, class_ids = scripted(torch.from_numpy(_image()).permute(2, 0, 1).float() / 255.0)
+    eager = loaded.predict(_image(), score_threshold=0.0)
+    assert len(scores) == len(eager.scores) > 0
+    np.testing.assert_allclose(scores.numpy(), eager.scores, atol=1e-5)
+    np.testing.assert_allclose(boxes.numpy(), eager.boxes, atol=1e-3)
+    np.testing.assert_array_equal(class_ids.numpy(), eager.class_ids)
