@@ -71,7 +71,11 @@ class SavedModel:
 
 
 def load_dir(path: Path) -> SavedModel:
-    """Read and check a saved-model directory; rebuild the detector through the registry."""
+    """Read and check a saved-model directory; rebuild the detector through the registry.
+
+    The detector gets the architecture its recorded ``pretrained`` mode gives, without reading any
+    pretrained weights (no network, no torch hub cache); "auto", a path or None: from scratch.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ModelError(f"{path}: no saved model here (not a directory)")
@@ -86,8 +90,11 @@ def load_dir(path: Path) -> SavedModel:
                          f"tensor file): {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from exc
     if not isinstance(state, dict):
         raise ModelError(f"{path / 'model.pt'}: expected a state_dict, got {type(state).__name__}")
-    detector = build(config["model"], len(config["class_names"]), pretrained=None,
-                     image_size=config.get("image_size"))
+    # The architecture the model was trained in (FrozenBatchNorm2d, eps, frozen stages for COCO or
+    # ImageNet weights), never the pretrained weights themselves: model.pt holds every tensor.
+    pretrained = config["hyperparameters"].get("pretrained")
+    detector = build(config["model"], len(config["class_names"]), pretrained=pretrained,
+                     image_size=config.get("image_size"), load_pretrained=False)
     try:
         detector.model.load_state_dict(state)
     except RuntimeError as exc:

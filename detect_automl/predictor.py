@@ -161,7 +161,8 @@ class ObjectDetector:
             ModelError: missing, truncated or foreign files, or a newer format version.
         """
         saved = _saving.load_dir(Path(path))
-        config = TrainConfig.from_dict({**saved.config["hyperparameters"], "pretrained": None})
+        # Keep the recorded ``pretrained``: it names the architecture, so a second save loads the same.
+        config = TrainConfig.from_dict(saved.config["hyperparameters"])
         return cls(saved.detector, saved.config["class_names"], config,
                    score_threshold=saved.config["score_threshold"], leaderboard=saved.leaderboard,
                    history=saved.history, metrics=saved.config.get("metrics", {}), device=device)

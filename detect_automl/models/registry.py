@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from torchvision.models import detection as tvd
 from ..errors import ModelError, WeightsError
 from .detector import Detector
 from .heads import HEAD_REPLACERS
-from .weights import ensure_weights, load_state_dict_file
+from .weights import ensure_weights, load_state_dict_file, placeholder_weights
 
 __all__ = ["ModelSpec", "register_model", "list_models", "get_spec", "build"]
 
@@ -89,6 +90,7 @@ def build(
     *,
     pretrained: str | Path | None = None,
     image_size: int | None = None,
+    load_pretrained: bool = True,
     **kwargs,
 ) -> Detector:
     """Build detector ``name`` for ``num_classes`` classes (background not counted).
@@ -101,6 +103,12 @@ def build(
             says why and training from scratch), a path to a state_dict file for this
             architecture, or None (from scratch).
         image_size: shorter side to resize to (Faster R-CNN / RetinaNet); SSD sizes are fixed.
+        load_pretrained: False builds exactly the architecture ``pretrained`` gives (module
+            types, norm-layer eps, frozen parameters, state_dict keys) without reading,
+            downloading or even looking for any weights file, for a caller that loads its own
+            state_dict (a saved model, a checkpoint). The weights are placeholders until then.
+            "auto" and a file path give the from-scratch architecture, as they always did
+            when a saved model was loaded.
         **kwargs: passed to the torchvision builder (e.g. ``box_batch_size_per_image``).
 
     Returns:
@@ -116,7 +124,7 @@ def build(
         kwargs.setdefault("max_size", int(round(image_size * 1333 / 800)))
     num_outputs = num_classes + spec.label_offset
     try:
-        model = _build_torchvision(spec, num_outputs, pretrained, kwargs)
+        model = _build_torchvision(spec, num_outputs, pretrained, load_pretrained, kwargs)
     except (WeightsError, ModelError):
         raise
     except TypeError as exc:
@@ -124,30 +132,43 @@ def build(
     return Detector(model, spec, num_classes)
 
 
-def _build_torchvision(spec: ModelSpec, num_outputs: int, pretrained, kwargs: dict) -> nn.Module:
+def _build_torchvision(spec: ModelSpec, num_outputs: int, pretrained, load: bool, kwargs: dict) -> nn.Module:
     if pretrained == "auto":
-        try:
-            return _build_torchvision(spec, num_outputs, "coco", kwargs)
-        except WeightsError as exc:
-            warnings.warn(f"{exc}\nTraining {spec.name} from scratch instead: expect a much lower mAP "
-                          "than with pretrained weights.", stacklevel=4)
-            pretrained = None
+        if not load:
+            pretrained = None  # fit resolves "auto" before building: only old saved models record it
+        else:
+            try:
+                return _build_torchvision(spec, num_outputs, "coco", load, kwargs)
+            except WeightsError as exc:
+                warnings.warn(f"{exc}\nTraining {spec.name} from scratch instead: expect a much lower mAP "
+                              "than with pretrained weights.", stacklevel=4)
+                pretrained = None
     if pretrained == "coco":
-        ensure_weights(spec.coco_weights)  # once cached, the builder reads it without network
-        model = spec.builder(weights=spec.coco_weights, weights_backbone=None, **kwargs)
+        if load:
+            ensure_weights(spec.coco_weights)  # once cached, the builder reads it without network
+        with _weights_source(load):
+            model = spec.builder(weights=spec.coco_weights, weights_backbone=None, **kwargs)
         HEAD_REPLACERS[spec.family](model, num_outputs)
-        log.info("%s: COCO weights loaded, class head re-initialised for %d outputs", spec.name, num_outputs)
+        log.info("%s: COCO %s, class head re-initialised for %d outputs", spec.name,
+                 "weights loaded" if load else "architecture (weights not read)", num_outputs)
         return model
     if pretrained == "imagenet":
-        ensure_weights(spec.backbone_weights)
-        return spec.builder(weights=None, weights_backbone=spec.backbone_weights, num_classes=num_outputs, **kwargs)
-    model = spec.builder(weights=None, weights_backbone=None, num_classes=num_outputs, **kwargs)
-    if pretrained is None:
-        return model
-    if not isinstance(pretrained, (str, Path)):
+        if load:
+            ensure_weights(spec.backbone_weights)
+        with _weights_source(load):
+            return spec.builder(weights=None, weights_backbone=spec.backbone_weights, num_classes=num_outputs,
+                                **kwargs)
+    if pretrained is not None and not isinstance(pretrained, (str, Path)):
         raise ModelError(f"pretrained must be 'coco', 'imagenet', 'auto', a file path or None, got {pretrained!r}")
-    _load_matching(model, Path(pretrained), spec.name)
+    model = spec.builder(weights=None, weights_backbone=None, num_classes=num_outputs, **kwargs)
+    if pretrained is not None and load:
+        _load_matching(model, Path(pretrained), spec.name)
     return model
+
+
+def _weights_source(load: bool) -> AbstractContextManager:
+    """Where torchvision's builder gets pretrained weights: their file, or placeholders."""
+    return nullcontext() if load else placeholder_weights()
 
 
 def _load_matching(model: nn.Module, path: Path, name: str) -> None:
