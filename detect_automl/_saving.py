@@ -1,4 +1,5 @@
-"""The saved-model directory: model.pt (state_dict), config.json, leaderboard.csv, history.json."""
+"""The saved-model directory: model.pt (state_dict), config.json, leaderboard.csv, history.json, and
+data_report.json (what the fit left out of its data) when there is one."""
 
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ FORMAT_VERSION = 1
 _FILES = ("model.pt", "config.json", "leaderboard.csv", "history.json")
 
 
-def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFrame, history: dict) -> Path:
-    """Write the four files into a temporary sibling directory, then swap it into place."""
+def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFrame, history: dict,
+             data_report: dict | None = None) -> Path:
+    """Write the four files (five with a ``data_report``) into a temporary sibling directory, then
+    swap it into place."""
     from . import __version__
 
     path = Path(path)
@@ -42,6 +45,8 @@ def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFra
         (leaderboard if len(leaderboard.columns) else pd.DataFrame(columns=COLUMNS)).to_csv(
             tmp / "leaderboard.csv", index=False)
         (tmp / "history.json").write_text(json.dumps(history, indent=2))
+        if data_report is not None:
+            (tmp / "data_report.json").write_text(json.dumps(data_report, indent=2))
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
@@ -68,6 +73,7 @@ class SavedModel:
     config: dict
     leaderboard: pd.DataFrame
     history: dict
+    data_report: dict | None = None
 
 
 def load_dir(path: Path) -> SavedModel:
@@ -102,7 +108,8 @@ def load_dir(path: Path) -> SavedModel:
                          f"{len(config['class_names'])} classes: {str(exc).splitlines()[0]}") from exc
     leaderboard = _read_leaderboard(path / "leaderboard.csv")
     history = json.loads((path / "history.json").read_text()) if (path / "history.json").is_file() else {}
-    return SavedModel(detector, config, leaderboard, history)
+    report = json.loads((path / "data_report.json").read_text()) if (path / "data_report.json").is_file() else None
+    return SavedModel(detector, config, leaderboard, history, report)
 
 
 def _read_leaderboard(file: Path) -> pd.DataFrame:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .data.checks import check_dataset
 from .data.dataset import Dataset
+from .data.policy import DEFAULT_ON_ERROR, data_report
 from .engine.trial import run_trial
 from .errors import DatasetError, InputError, SearchError, WeightsError
 from .leaderboard import history_record, leaderboard_row, sort_leaderboard
@@ -47,7 +48,7 @@ def fit(
     seed: int = 0,
     resume: bool = False,
     progress: bool = True,
-    on_error: str = "raise",
+    on_error: str = DEFAULT_ON_ERROR,
 ) -> ObjectDetector:
     """Search detectors and hyperparameters on ``train``; keep, save and return the best.
 
@@ -78,15 +79,18 @@ def fit(
         seed: seeds the split, the sampling, initialisation, data order and augmentation.
         resume: continue an interrupted search in ``output_dir`` instead of starting afresh.
         progress: show progress (bars and per-epoch lines in-process; Tune's table otherwise).
-        on_error: what a dataset error found by the up-front check (:func:`detect_automl.inspect`,
-            header-only, seconds) does: ``"raise"`` a DatasetError with the full report before any
-            training, or ``"skip"``: drop exactly the bad images/boxes, with a warning listing them.
+        on_error: what the dataset errors found by the up-front check (:func:`detect_automl.inspect`,
+            header-only, seconds) do: ``"auto"`` (default): isolated bad images and boxes are left
+            out, with one warning listing each, but a systematic problem (over 10 % of the images
+            or boxes bad, or all) raises; ``"raise"``: any error raises; ``"skip"``: left out
+            whatever the share. What was left out is saved as ``data_report.json`` with the model.
 
     Returns:
         The best ObjectDetector, already saved (``detector.path``).
 
     Raises:
-        DatasetError: ``on_error="raise"`` and the data has errors (the message is the report).
+        DatasetError: the data has errors that ``on_error`` does not skip (the message is the
+            report), before any training.
         SearchError: every trial failed (the message lists why), or resources are missing.
 
     >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=600, num_trials=4)  # doctest: +SKIP
@@ -96,6 +100,7 @@ def fit(
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
     train = check_dataset(train, on_error)
     val = check_dataset(val, on_error) if val is not None else None
+    bad_data = data_report(on_error, train, val)
     if len(train) == 0:
         raise DatasetError("the training dataset has no images")
     searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
@@ -123,6 +128,7 @@ def fit(
         config = config.replace(pretrained=_resolve_auto(config.pretrained, [config.model]))
         device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
         detector = _single(train, val, config, deadline_wall, device, progress)
+    detector.data_report = bad_data
     detector.path = detector.save(output / "model")
     if progress:
         tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "

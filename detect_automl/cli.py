@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-def _dataset(path: str, fmt: str | None, split: str | None, on_error: str = "raise"):
+def _dataset(path: str, fmt: str | None, split: str | None, on_error: str):
     from .data.dataset import Dataset
 
     return Dataset(path, format=fmt, split=split, on_error=on_error)
@@ -179,6 +179,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .data.policy import DEFAULT_ON_ERROR, MAX_BAD_FRACTION, ON_ERROR
+
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="detect-automl", description=__doc__, formatter_class=formatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -188,8 +190,10 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--format", choices=["voc", "coco"], default=None, help="default: detect")
         p.add_argument("--split", default=None, help=split_help)
         if on_error:
-            p.add_argument("--on-error", choices=["raise", "skip"], default="raise",
-                           help="bad images/boxes: stop with the report (default), or skip exactly those")
+            p.add_argument("--on-error", choices=ON_ERROR, default=DEFAULT_ON_ERROR,
+                           help="bad images/boxes: auto leaves isolated ones out and stops with the report "
+                                f"when over {100 * MAX_BAD_FRACTION:.0f}%% (or all) are bad; raise stops on any; "
+                                "skip leaves out any share (default: %(default)s)")
 
     p = sub.add_parser("fit", help="train (and tune) a detector, save it", formatter_class=formatter,
                        description="Search detectors and hyperparameters with Ray Tune; keep and save the best.",

@@ -13,6 +13,7 @@ from .config import TrainConfig
 from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .data.loader import make_loader
+from .data.policy import DEFAULT_ON_ERROR, skipped_counts
 from .engine.evaluate import evaluate as _evaluate
 from .engine.trial import default_device
 from .errors import InputError
@@ -47,6 +48,7 @@ class ObjectDetector:
         history: dict[str, list[dict]] | None = None,
         metrics: dict | None = None,
         device: str | torch.device | None = None,
+        data_report: dict | None = None,
     ) -> None:
         self.model = detector
         self.class_names = list(class_names)
@@ -55,6 +57,7 @@ class ObjectDetector:
         self._leaderboard = leaderboard if leaderboard is not None else pd.DataFrame(columns=COLUMNS)
         self.history = history or {}
         self.metrics = metrics or {}
+        self.data_report = data_report  # what fit left out of its train and val data; None if unknown
         self.device = torch.device(device) if device is not None else default_device()
         self.model.to(self.device).eval()
 
@@ -114,7 +117,8 @@ class ObjectDetector:
                                           out["boxes"].numpy()[keep], self.class_names))
         return results[0] if single else results
 
-    def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False, on_error: str = "raise") -> dict:
+    def evaluate(self, data: Dataset, *, batch_size: int = 4, progress: bool = False,
+                 on_error: str = DEFAULT_ON_ERROR) -> dict:
         """COCO metrics on a labelled dataset: map, map_50, map_75, per_class ({name: AP}), counts.
 
         ``pr_curves`` holds each class's precision-recall curve at IoU .50 and .75: draw them with
@@ -122,15 +126,19 @@ class ObjectDetector:
 
         The dataset's classes are matched to the model's by name; a class the model does not
         know is an error that names it. The data is checked first (:func:`detect_automl.inspect`,
-        headers only): an error raises a DatasetError carrying the report, or with
-        ``on_error="skip"`` the images/boxes it names are left out, with a warning.
+        headers only) under ``on_error`` (``"auto"``, ``"raise"`` or ``"skip"``, as for
+        :func:`detect_automl.fit`): bad images and boxes are left out with one warning, or a
+        DatasetError carrying the report is raised. ``num_images`` and ``num_ground_truth``
+        count what was scored; ``num_images_skipped`` and ``num_boxes_skipped`` what was left out.
         """
-        data = _inputs.match_classes(check_dataset(data, on_error), self.class_names)
-        loader = make_loader(data, batch_size, train=False)
-        return _evaluate(self.model, loader, self.class_names, self.device, progress=progress)
+        data = check_dataset(data, on_error)
+        skipped = skipped_counts(data.problems)
+        loader = make_loader(_inputs.match_classes(data, self.class_names), batch_size, train=False)
+        return {**_evaluate(self.model, loader, self.class_names, self.device, progress=progress), **skipped}
 
     def save(self, path: str | Path) -> Path:
-        """Write ``model.pt`` (state_dict), ``config.json``, ``leaderboard.csv`` and ``history.json``.
+        """Write ``model.pt`` (state_dict), ``config.json``, ``leaderboard.csv``, ``history.json``, and
+        ``data_report.json`` when :attr:`data_report` is set.
 
         The directory is written atomically: an interrupted save leaves any previous one intact.
         """
@@ -142,7 +150,8 @@ class ObjectDetector:
             "hyperparameters": self.config.to_dict(),
             "metrics": {k: v for k, v in self.metrics.items() if k not in _METRICS_NOT_SAVED},
         }
-        return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history)
+        return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history,
+                                self.data_report)
 
     def export(self, path: str | Path, *, format: str = "torchscript") -> Path:
         """Export to TorchScript or ONNX (+ a JSON sidecar); see :func:`detect_automl.export.export`.
@@ -165,7 +174,8 @@ class ObjectDetector:
         config = TrainConfig.from_dict(saved.config["hyperparameters"])
         return cls(saved.detector, saved.config["class_names"], config,
                    score_threshold=saved.config["score_threshold"], leaderboard=saved.leaderboard,
-                   history=saved.history, metrics=saved.config.get("metrics", {}), device=device)
+                   history=saved.history, metrics=saved.config.get("metrics", {}), device=device,
+                   data_report=saved.data_report)
 
     def __repr__(self) -> str:
         score = f", val mAP {self.metrics['map']:.3f}" if "map" in self.metrics else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,31 @@ def _assert_same_records(got, expected, *, same_path_names: bool = True) -> None
 def assert_same_records():
     """A function ``(got, expected)`` asserting two record lists are identical."""
     return _assert_same_records
+
+
+def _copy_voc(src: Path, dst: Path, ids: list[str]) -> Path:
+    """A VOC copy of a few real annotation/image pairs (every id in ImageSets/Main/all.txt)."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (dst / sub).mkdir(parents=True)
+    for i in ids:
+        shutil.copy(src / "Annotations" / f"{i}.xml", dst / "Annotations")
+        shutil.copy(src / "JPEGImages" / f"{i}.jpg", dst / "JPEGImages")
+    (dst / "ImageSets" / "Main" / "all.txt").write_text("".join(f"{i}\n" for i in ids))
+    return dst
+
+
+def _truncate(path: Path) -> None:
+    """Cut a file to its first half (a JPEG or PNG that ends early)."""
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.fixture(scope="session")
+def copy_voc():
+    """A function ``(src root, dst root, ids)`` copying those real VOC pairs; returns ``dst``."""
+    return _copy_voc
+
+
+@pytest.fixture(scope="session")
+def truncate():
+    """A function ``(path)`` cutting a copied file to its first half."""
+    return _truncate

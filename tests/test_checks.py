@@ -22,20 +22,9 @@ from detect_automl.errors import DatasetError, InputError
 IDS = ["raccoon-1", "raccoon-10", "raccoon-100", "raccoon-117"]  # raccoon-117 has two objects
 
 
-def _voc(src: Path, dst: Path, ids: list[str]) -> Path:
-    """A VOC copy of a few real annotation/image pairs (every id in ImageSets/Main/all.txt)."""
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (dst / sub).mkdir(parents=True)
-    for i in ids:
-        shutil.copy(src / "Annotations" / f"{i}.xml", dst / "Annotations")
-        shutil.copy(src / "JPEGImages" / f"{i}.jpg", dst / "JPEGImages")
-    (dst / "ImageSets" / "Main" / "all.txt").write_text("".join(f"{i}\n" for i in ids))
-    return dst
-
-
 @pytest.fixture()
-def voc(datasets_dir, tmp_path) -> Path:
-    return _voc(datasets_dir / "raccoon", tmp_path / "voc", IDS)
+def voc(datasets_dir, tmp_path, copy_voc) -> Path:
+    return copy_voc(datasets_dir / "raccoon", tmp_path / "voc", IDS)
 
 
 @pytest.fixture()
@@ -128,10 +117,6 @@ def test_fruit_quirks_are_fixed_or_noted(shared_data):
 
 # --- image files ----------------------------------------------------------------------------------
 
-def _truncate(p: Path) -> None:
-    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-
-
 def _text(p: Path) -> None:
     p.write_text("not an image at all\n")
 
@@ -141,11 +126,11 @@ def _empty(p: Path) -> None:
 
 
 @pytest.mark.parametrize("decode", [False, True])
-@pytest.mark.parametrize(("breaker", "code"), [(_truncate, "image_truncated"), (_text, "not_an_image"),
+@pytest.mark.parametrize(("breaker", "code"), [(None, "image_truncated"), (_text, "not_an_image"),
                                                 (_empty, "image_unreadable")])
-def test_broken_image_is_named_and_dropped_alone(voc, breaker, code, decode):
+def test_broken_image_is_named_and_dropped_alone(voc, truncate, breaker, code, decode):
     clean = da.Dataset(voc)
-    breaker(voc / "JPEGImages" / "raccoon-10.jpg")
+    (breaker or truncate)(voc / "JPEGImages" / "raccoon-10.jpg")
     report = da.inspect(voc, decode=decode)
     problem = _one(report, code)
     assert problem.file.endswith("raccoon-10.jpg") and "raccoon-10.jpg" in str(problem)
@@ -154,20 +139,20 @@ def test_broken_image_is_named_and_dropped_alone(voc, breaker, code, decode):
     _assert_rest_intact(report, clean, dropped_images=["raccoon-10"])
 
 
-def test_end_markers_tell_truncation_from_trailing_bytes(voc):
+def test_end_markers_tell_truncation_from_trailing_bytes(voc, truncate):
     jpg = voc / "JPEGImages" / "raccoon-1.jpg"
     jpg.write_bytes(jpg.read_bytes() + bytes(range(256)) * 8)  # valid, with 2 KiB after the end marker
     png = _as_png(voc, "raccoon-10", lambda a, p: Image.fromarray(a).save(p))
     assert da.inspect(voc).ok
-    _truncate(png)
+    truncate(png)
     problem = _one(da.inspect(voc), "image_truncated")
     assert problem.file == str(png) and "truncated PNG file" in problem.message
 
 
-def test_missing_image_and_every_problem_listed(voc):
+def test_missing_image_and_every_problem_listed(voc, truncate):
     clean = da.Dataset(voc)
     (voc / "JPEGImages" / "raccoon-10.jpg").unlink()
-    _truncate(voc / "JPEGImages" / "raccoon-100.jpg")
+    truncate(voc / "JPEGImages" / "raccoon-100.jpg")
     report = da.inspect(voc)
     missing = _one(report, "image_missing")
     assert missing.file.endswith("raccoon-10.xml") and "'raccoon-10.jpg' not found" in missing.message
@@ -287,9 +272,9 @@ def test_duplicate_id_in_split_file(voc):
     assert [r.image_id for r in report.dataset] == ["raccoon-1", "raccoon-10"]
 
 
-def test_unknown_classes_with_a_given_list(datasets_dir, tmp_path):
+def test_unknown_classes_with_a_given_list(datasets_dir, tmp_path, copy_voc):
     ids = ["BloodImage_00003", "BloodImage_00004"]
-    root = _voc(datasets_dir / "bccd", tmp_path / "bccd", ids)
+    root = copy_voc(datasets_dir / "bccd", tmp_path / "bccd", ids)
     clean = da.Dataset(root)
     report = da.inspect(root, classes=["RBC", "WBC", "Zebra"])
     unknown = [p for p in report.errors if p.code == "unknown_class"]
@@ -411,9 +396,9 @@ def test_dataset_raise_lists_every_parse_error_and_skip_keeps_the_rest(voc):
         assert check_dataset(skipped) is skipped  # already left out: warned, not raised
 
 
-def test_check_dataset_raises_or_drops_exactly_the_bad_items(voc):
+def test_check_dataset_raises_or_drops_exactly_the_bad_items(voc, truncate):
     clean = da.Dataset(voc)
-    _truncate(voc / "JPEGImages" / "raccoon-10.jpg")
+    truncate(voc / "JPEGImages" / "raccoon-10.jpg")
     _edit(voc / "Annotations" / "raccoon-117.xml", "<xmax>", "<xmax>9")  # object #0 far outside
     with pytest.raises(DatasetError, match="1 error") as caught:
         check_dataset(clean)
@@ -434,8 +419,8 @@ def test_check_dataset_raises_or_drops_exactly_the_bad_items(voc):
         da.inspect(broken, split="train")
 
 
-def test_fit_fails_in_seconds_with_the_report(voc, tmp_path):
-    _truncate(voc / "JPEGImages" / "raccoon-10.jpg")
+def test_fit_fails_in_seconds_with_the_report(voc, truncate, tmp_path):
+    truncate(voc / "JPEGImages" / "raccoon-10.jpg")
     train = da.Dataset(voc)
     start = time.perf_counter()
     with pytest.raises(DatasetError, match=r"(?s)on_error='skip'.*image_truncated: .*raccoon-10\.jpg"):
@@ -463,10 +448,10 @@ def test_cli_fit_stops_with_the_report(voc, tmp_path, capsys):
     assert "raccoon-10.xml: image 'raccoon-10.jpg' not found" in capsys.readouterr().err
 
 
-def test_cli_inspect_exit_codes_and_json(voc, capsys):
+def test_cli_inspect_exit_codes_and_json(voc, truncate, capsys):
     assert main(["inspect", str(voc)]) == 0
     assert "OK" in capsys.readouterr().out
-    _truncate(voc / "JPEGImages" / "raccoon-1.jpg")
+    truncate(voc / "JPEGImages" / "raccoon-1.jpg")
     assert main(["inspect", str(voc), "--format", "voc", "--split", "all", "--decode", "--json"]) == 1
     payload = json.loads(capsys.readouterr().out)
     assert payload["ok"] is False and payload["counts"]["error"] == 1

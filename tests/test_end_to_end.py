@@ -29,8 +29,10 @@ def fitted(datasets_dir, tmp_path_factory):
 def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
     detector, val, out = fitted
     assert detector.path == out / "model"
-    assert sorted(p.name for p in detector.path.iterdir()) == ["config.json", "history.json", "leaderboard.csv",
-                                                               "model.pt"]
+    assert sorted(p.name for p in detector.path.iterdir()) == ["config.json", "data_report.json", "history.json",
+                                                               "leaderboard.csv", "model.pt"]
+    report = json.loads((detector.path / "data_report.json").read_text())
+    assert report["train"]["skipped"] == report["val"]["skipped"] == [] and report["val"]["num_images"] == 3
     config = json.loads((detector.path / "config.json").read_text())
     assert config["model"] == "ssdlite320_mobilenet_v3_large" and config["class_names"] == ["raccoon"]
     assert config["format_version"] == 1 and config["torch_version"] == torch.__version__

@@ -2,9 +2,9 @@
 
 ``inspect`` reads a dataset (or takes a Dataset), probes every image file's header (or decodes
 it with ``decode=True``) and checks every box against the real image size. Errors are items
-that cannot be used: ``fit`` raises on them, or with ``on_error="skip"`` drops exactly the
-items the report names. Fixed problems are corrected on load (boxes clipped, decoded size and
-RGB conversion used); warnings and notes are kept as they are.
+that cannot be used: ``fit`` and ``evaluate`` leave out exactly the items the report names, or
+raise, as their ``on_error`` says (:mod:`detect_automl.data.policy`). Fixed problems are corrected
+on load (boxes clipped, decoded size and RGB conversion used); warnings and notes are kept as they are.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InputError
-from .dataset import Dataset, check_on_error
+from .dataset import Dataset
 from .image import ImageInfo, probe_image
 from .loader import MIN_BOX_SIDE, sanitize_boxes
+from .policy import DEFAULT_ON_ERROR, check_on_error, refusal, skipped_counts
 from .problems import SEVERITIES, Problem, drop_list
 from .records import ImageRecord
 
@@ -35,7 +36,7 @@ _EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "B
                       ".tiff": "TIFF", ".webp": "WEBP"}
 _LISTED_PER_CODE = 10  # non-errors shown per code in the text report (to_dict() has them all)
 _HEADINGS = {
-    "error": "Errors (fit raises DatasetError; on_error='skip' does what the brackets say)",
+    "error": "Errors (left out as the brackets say, or fit raises DatasetError, as on_error says)",
     "fixed": "Fixed automatically on load",
     "warning": "Warnings (kept as they are)",
     "info": "Notes",
@@ -51,9 +52,10 @@ class InspectionReport:
         problems: every problem, in the order found.
         stats: ``images``, ``boxes``, ``images_without_boxes``, ``boxes_per_class``,
             ``unused_classes``, ``box_width_px`` and ``box_height_px`` (min, p5, p50, p95, max),
-            counted on what ``on_error="skip"`` keeps.
-        dataset: the dataset without its errors (what ``on_error="skip"`` trains on); the
-            inspected Dataset itself when nothing is dropped; None when nothing could be read.
+            counted on what is kept once the errors are left out.
+        dataset: the dataset without its errors (what a fit that skips them trains on), its
+            ``problems`` listing them; the inspected Dataset itself when nothing is dropped;
+            None when nothing could be read.
     """
 
     source: str
@@ -147,41 +149,46 @@ def inspect(
     problems = list(dataset.problems)
     kept = _check_records(dataset, decode, problems)
     if len(kept) != len(dataset) or any(a is not b for a, b in zip(kept, dataset.records)):
-        dataset = Dataset.from_records(kept, dataset.classes, root=dataset.root, format=dataset.format)
+        dataset = Dataset.from_records(kept, dataset.classes, root=dataset.root, format=dataset.format,
+                                       problems=[p for p in problems if p.severity == "error"])
     stats = _stats(dataset)
     problems += [Problem("warning", "unused_class", str(dataset.root or source), f"class {name!r} has no boxes",
                          action="kept: its class id stays") for name in stats["unused_classes"]]
     return InspectionReport(source, problems, stats, dataset)
 
 
-def check_dataset(dataset: Dataset, on_error: str = "raise", decode: bool = False) -> Dataset:
-    """Inspect ``dataset`` before training or evaluating; raise on errors or drop them.
+def check_dataset(dataset: Dataset, on_error: str = DEFAULT_ON_ERROR, decode: bool = False) -> Dataset:
+    """Inspect ``dataset`` before training or evaluating; leave out its bad items, or raise.
 
     Args:
         dataset: the data about to be used.
-        on_error: ``"raise"``: any error raises a DatasetError carrying the whole report;
-            ``"skip"``: the erroneous images and boxes are dropped and a warning lists each.
-            Items a ``Dataset(..., on_error="skip")`` already left out only warn.
+        on_error: what the errors found do (:mod:`detect_automl.data.policy`): ``"auto"``
+            (default): the bad images and boxes are left out, unless the problem looks
+            systematic (over 10 % of the images or boxes, or all), which raises; ``"raise"``:
+            any error raises; ``"skip"``: left out whatever the share. Leaving out warns once,
+            listing each item. Items the Dataset already left out while reading are listed
+            again, not judged again.
         decode: decode every image (slow) instead of reading headers.
 
     Returns:
-        ``dataset`` itself when nothing is dropped, else a copy without the bad items.
+        ``dataset`` itself when nothing is dropped, else a copy without the bad items; either
+        way its ``problems`` list every item left out (the files on disk are never changed).
 
     Raises:
-        DatasetError: ``on_error="raise"`` and errors were found (``.problems`` has them all).
+        DatasetError: ``on_error`` says the errors found must stop the call (the message is the
+            report; ``.problems`` has every problem).
     """
     check_on_error(on_error)
     report = inspect(dataset, decode=decode)
     new = [p for p in report.errors if p not in dataset.problems]
-    if new and on_error == "raise":
-        raise DatasetError(
-            f"{len(new)} error(s) in the dataset; fix them, or pass on_error='skip' to leave out exactly "
-            f"the items listed:\n{report}",
-            problems=report.problems,
-        )
+    reason = refusal(on_error, new, report.stats["images"], report.stats["boxes"])
+    if reason:
+        raise DatasetError(f"{reason}:\n{report}", problems=report.problems)
     if report.errors:
-        warnings.warn(f"{report.source}: {len(report.errors)} bad item(s) left out:\n{drop_list(report.errors)}",
-                      UserWarning, stacklevel=3)
+        counts = skipped_counts(report.errors)
+        warnings.warn(f"{report.source}: {len(report.errors)} bad item(s) left out ({counts['num_images_skipped']} "
+                      f"image(s), {counts['num_boxes_skipped']} box(es); on_error={on_error!r}; the files are "
+                      f"unchanged):\n{drop_list(report.errors)}", UserWarning, stacklevel=3)
     counts = report.counts()
     if counts["fixed"] or counts["warning"]:
         logger.log(logging.WARNING if counts["warning"] else logging.INFO,
@@ -231,11 +238,11 @@ def _duplicate(rec: ImageRecord, by_id: dict[str, ImageRecord], by_path: dict[Pa
     if rec.image_id and rec.image_id in by_id:
         first = by_id[rec.image_id]
         return Problem("error", "duplicate_id", where, f"image id {rec.image_id!r} is used twice (first in "
-                       f"{first.source or first.path})", rec.image_id, "later record dropped")
+                       f"{first.source or first.path})", rec.image_id, "later record dropped", "image")
     if rec.path in by_path:
         first = by_path[rec.path]
         return Problem("error", "duplicate_file", where, f"image file {rec.path} is used by two records "
-                       f"({first.name!r} and {rec.name!r})", rec.name, "later record dropped")
+                       f"({first.name!r} and {rec.name!r})", rec.name, "later record dropped", "image")
     by_id.setdefault(rec.image_id, rec)
     by_path[rec.path] = rec
     return None
@@ -247,7 +254,7 @@ def _check_record(rec: ImageRecord, classes: list[str], decode: bool, problems: 
         info = probe_image(rec.path, decode)
     except DatasetError as exc:
         found = exc.problems or [Problem("error", "image_unreadable", str(rec.path), str(exc))]
-        problems.extend(replace(p, record=rec.name, action="image dropped") for p in found)
+        problems.extend(replace(p, record=rec.name, action="image dropped", drops="image") for p in found)
         return None
     problems.extend(_image_notes(rec, info))
     keep = _check_boxes(rec, classes, info, problems)
@@ -325,7 +332,7 @@ def _check_boxes(rec: ImageRecord, classes: list[str], info: ImageInfo, problems
         name = classes[label] if 0 <= label < len(classes) else f"label {label}"
         coords = "[" + ", ".join(f"{v:g}" for v in box.tolist()) + "]"
         problems.append(Problem(severity, code, rec.source or str(rec.path), f"image {rec.name}: box #{k} ({name}) "
-                                f"{coords} {text}", rec.name, action))
+                                f"{coords} {text}", rec.name, action, "box" if severity == "error" else ""))
         keep[k] = severity != "error"
     return keep
 

@@ -15,8 +15,8 @@ from .records import ImageRecord
 
 __all__ = ["read_coco", "write_coco", "default_images_dir"]
 
-_SKIPPED = {"images": ("image skipped", "id"), "annotations": ("annotation skipped", "image_id"),
-            "categories": ("category skipped", None)}  # what a bad entry costs; its record's key
+_SKIPPED = {"images": ("image skipped", "id", "image"), "annotations": ("annotation skipped", "image_id", "box"),
+            "categories": ("category skipped", None, "")}  # what a bad entry costs; its record's key
 
 
 def read_coco(
@@ -62,7 +62,8 @@ def read_coco(
         try:
             parsed = _annotation(ann, where, objects, label_of)
         except Invalid as exc:
-            report_error(problems, exc.code, json_path, exc.message, str(ann["image_id"]), "annotation skipped")
+            report_error(problems, exc.code, json_path, exc.message, str(ann["image_id"]), "annotation skipped",
+                         "box")
         else:
             objects[ann["image_id"]].append(parsed)
     records = [_image_record(e, objects[e["id"]], folder, json_path, problems) for e in image_entries]
@@ -149,17 +150,17 @@ def _entries(
     entries = data.get(key)
     if not isinstance(entries, list):
         _fatal("field_missing", path, f"missing or invalid {key!r} list")
-    action, record_key = _SKIPPED[key]
+    action, record_key, drops = _SKIPPED[key]
     valid = []
     for k, entry in enumerate(entries):
         name = f"{key}[{k}]" + (f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else "")
         if not isinstance(entry, dict):
-            report_error(problems, "field_type", path, f"{name} is not an object", action=action)
+            report_error(problems, "field_type", path, f"{name} is not an object", action=action, drops=drops)
             continue
         missing = [r for r in required if r not in entry]
         if missing:
             report_error(problems, "field_missing", path, f"{name} has no {', '.join(map(repr, missing))}",
-                         str(entry.get(record_key, "")) if record_key else "", action)
+                         str(entry.get(record_key, "")) if record_key else "", action, drops)
             continue
         valid.append((k, entry))
     return valid
@@ -189,11 +190,11 @@ def _image_entries(data: dict, path: Path, problems: list[Problem] | None) -> li
         image_id = entry["id"]
         if not _hashable(image_id):
             report_error(problems, "field_type", path, f"images[{k}]: id must be a number or a string, got "
-                         f"{image_id!r}", action="image skipped")
+                         f"{image_id!r}", action="image skipped", drops="image")
         elif image_id in seen:
             report_error(problems, "duplicate_id", path, f"duplicate image id {image_id!r} (images[{k}], "
                          f"{entry['file_name']!r}); its annotations go to the first entry", str(image_id),
-                         "later image entry skipped")
+                         "later image entry skipped", "image")
         else:
             seen.add(image_id)
             entries.append(entry)
@@ -239,7 +240,7 @@ def _image_record(
     path = folder / str(entry["file_name"])
     if not path.is_file():
         report_error(problems, "image_missing", json_path, f"image id {entry['id']!r}: file {path} not found",
-                     str(entry["id"]), "image skipped")
+                     str(entry["id"]), "image skipped", "image")
         return None
     boxes, labels, iscrowd, difficult, area = zip(*objects) if objects else ((), (), (), (), ())
     return ImageRecord(

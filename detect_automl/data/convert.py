@@ -45,7 +45,8 @@ def convert(
 
     Raises:
         InputError: an unknown format, or ``output`` is the source's folder.
-        DatasetError: the source cannot be read or written.
+        DatasetError: the source cannot be read or written, or has a bad item (a conversion
+            leaves nothing out; :func:`detect_automl.inspect` lists them).
 
     >>> convert("datasets/raccoon", "coco", "raccoon_coco", splits=["train", "test"])  # doctest: +SKIP
     """
@@ -57,7 +58,7 @@ def convert(
     if output.resolve() in ((source,) if source.is_dir() else source.parents[:2]):  # a json: its folder or root
         raise InputError(f"output {output} is the folder of the source dataset {data}: choose another one")
     for split in splits or [None]:
-        ds = Dataset(data, format=format, split=split)
+        ds = Dataset(data, format=format, split=split, on_error="raise")  # a conversion loses nothing, or stops
         if to == "coco":
             ds.to_coco(output / "annotations" / f"instances_{split or 'all'}.json")
         else:

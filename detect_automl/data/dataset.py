@@ -11,7 +11,8 @@ import numpy as np
 from ..errors import DatasetError, InputError
 from ._files import check_classes, check_labels
 from .coco import read_coco, write_coco
-from .problems import Problem, report_error
+from .policy import DEFAULT_ON_ERROR, check_on_error, refusal
+from .problems import Problem, drop_list, report_error
 from .records import ImageRecord
 from .voc import read_voc, write_voc
 
@@ -20,7 +21,6 @@ __all__ = ["Dataset"]
 logger = logging.getLogger(__name__)
 
 _FORMATS = ("voc", "coco")
-ON_ERROR = ("raise", "skip")
 
 
 class Dataset:
@@ -36,17 +36,21 @@ class Dataset:
             declared category in id order; given, the labels are re-indexed into it by name and
             a used category outside it is an error.
         images: COCO only: the folder ``file_name`` is relative to.
-        on_error: ``"raise"``: a DatasetError listing every bad file, entry and object;
-            ``"skip"``: leave the bad items out (a malformed file or missing image drops that
-            image, a bad object drops that box), list them in ``problems`` and log a warning.
-            Folders or files that cannot be read at all raise either way.
+        on_error: what a bad annotation file, entry, object or missing image does:
+            ``"auto"`` (default): it is left out (a malformed file or missing image drops that
+            image, a bad object drops that box), listed in ``problems`` and in a logged warning,
+            unless the problem looks systematic (over 10 % of the images or boxes bad, or all:
+            see :mod:`detect_automl.data.policy`), which raises a DatasetError listing them all;
+            ``"raise"``: any of them raises that DatasetError; ``"skip"``: left out whatever the
+            share. Folders or files that cannot be read at all (a COCO JSON) raise under all three.
 
     Attributes:
         classes: class names; ``records[i].labels`` index into it.
         records: one ImageRecord per image (images without boxes included).
         root: the path the dataset was read from (None for ``from_records``).
         format: ``"voc"``, ``"coco"`` or None.
-        problems: what ``on_error="skip"`` left out while reading (empty otherwise); every
+        problems: the errors whose items were left out of ``records`` (while reading, or by
+            :func:`~detect_automl.data.checks.check_dataset`), in the order found; every
             inspection report of this dataset lists them too.
 
     >>> ds = Dataset("datasets/raccoon", split="train")  # doctest: +SKIP
@@ -60,7 +64,7 @@ class Dataset:
         split: str | None = None,
         classes: Sequence[str] | None = None,
         images: str | Path | None = None,
-        on_error: str = "raise",
+        on_error: str = DEFAULT_ON_ERROR,
     ) -> None:
         path = Path(path)
         check_on_error(on_error)
@@ -78,11 +82,12 @@ class Dataset:
                 names, records = _reindex(names, records, check_classes(classes), problems)
         else:
             raise InputError(f"format must be one of {_FORMATS} or None, got {format!r}")
-        if problems and on_error == "raise":
-            raise DatasetError(_read_errors(path, problems), problems=problems)
+        reason = refusal(on_error, problems, len(records), sum(len(r.boxes) for r in records))
+        if reason:
+            raise DatasetError(_read_errors(path, problems, reason), problems=problems)
         if problems:
-            logger.warning("%s: %d bad item(s) left out while reading (on_error='skip'; listed in "
-                           "Dataset.problems and by detect_automl.inspect)", path, len(problems))
+            logger.warning("%s: %d bad item(s) left out while reading (on_error=%r; the files are unchanged, "
+                           "Dataset.problems lists them):\n%s", path, len(problems), on_error, drop_list(problems))
         self.classes: list[str] = names
         self.records: list[ImageRecord] = records
         self.root: Path | None = path
@@ -96,8 +101,12 @@ class Dataset:
         classes: Sequence[str],
         root: str | Path | None = None,
         format: str | None = None,  # noqa: A002
+        problems: Sequence[Problem] = (),
     ) -> Dataset:
-        """Build a Dataset from records already in memory (labels must index into ``classes``)."""
+        """Build a Dataset from records already in memory (labels must index into ``classes``).
+
+        ``problems``: the errors whose items were left out of ``records``, if any (the attribute).
+        """
         classes = check_classes(classes)
         records = list(records)
         check_labels(records, len(classes))
@@ -105,7 +114,7 @@ class Dataset:
         ds.classes, ds.records = classes, records
         ds.root = Path(root) if root is not None else None
         ds.format = format
-        ds.problems = []
+        ds.problems = list(problems)
         return ds
 
     def __len__(self) -> int:
@@ -216,25 +225,18 @@ def _reindex(
     for rec in records:
         new = mapping[rec.labels]
         known = new >= 0
-        if not known.all():
-            missing = names[int(rec.labels[~known][0])]
-            report_error(problems, "unknown_class", rec.source, f"image {rec.image_id}: class {missing!r} is not "
-                         f"in classes {classes}", rec.image_id, f"{int((~known).sum())} box(es) skipped")
+        for k in np.flatnonzero(~known):
+            report_error(problems, "unknown_class", rec.source, f"image {rec.image_id}: box #{k}: class "
+                         f"{names[int(rec.labels[k])]!r} is not in classes {classes}", rec.image_id, "box skipped",
+                         "box")
         rec.labels = new
         out.append(rec if known.all() else rec.with_boxes(known))
     return classes, out
 
 
-def check_on_error(on_error: str) -> None:
-    """Raise InputError unless ``on_error`` is one of :data:`ON_ERROR`."""
-    if on_error not in ON_ERROR:
-        raise InputError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-
-
-def _read_errors(path: Path, problems: list[Problem]) -> str:
-    """The message of a DatasetError for problems found while reading ``path``."""
+def _read_errors(path: Path, problems: list[Problem], reason: str) -> str:
+    """The message of a DatasetError for problems found while reading ``path`` (``reason``: the policy's)."""
     if len(problems) == 1:
-        return problems[0].text
+        return f"{problems[0].text}\n({reason})"
     lines = "\n".join(f"  {p.text}" for p in problems)
-    return (f"{path}: {len(problems)} problems in the annotations (pass on_error='skip' to leave the bad items "
-            f"out, or see detect_automl.inspect):\n{lines}")
+    return f"{path}: {len(problems)} problems in the annotations ({reason}; detect_automl.inspect lists all):\n{lines}"

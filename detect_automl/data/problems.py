@@ -9,11 +9,16 @@ from typing import NoReturn
 
 from ..errors import DatasetError
 
-__all__ = ["Problem", "SEVERITIES"]
+__all__ = ["Problem", "SEVERITIES", "DROPS"]
 
 SEVERITIES = ("error", "fixed", "warning", "info")
-"""``error``: the item cannot be used (fit raises; ``on_error="skip"`` drops it). ``fixed``:
-corrected automatically on load. ``warning``: kept as is, worth a look. ``info``: harmless."""
+"""``error``: the item cannot be used (it is left out, or the call raises, as ``on_error`` says;
+see :mod:`detect_automl.data.policy`). ``fixed``: corrected automatically on load. ``warning``:
+kept as is, worth a look. ``info``: harmless."""
+
+DROPS = ("image", "box", "")
+"""What leaving out an error's item costs: an ``image`` (with its boxes), one ``box``, or
+nothing counted ("": a category or other entry, or a problem that is not an error)."""
 
 
 @dataclass(frozen=True)
@@ -26,8 +31,10 @@ class Problem:
         file: the file it is in: the annotation file, or the image file for image problems.
         message: what is wrong, naming the item inside the file (object, annotation id, box).
         record: the image id concerned ("" when the problem is not about one image).
-        action: what is done about it: what ``on_error="skip"`` drops for an error
-            (e.g. ``"image dropped"``), the fix for a fixed problem, "" otherwise.
+        action: what is done about it: what skipping an error leaves out (e.g.
+            ``"image dropped"``), the fix for a fixed problem, "" otherwise.
+        drops: what skipping an error costs, as a value (one of :data:`DROPS`): the bad-data
+            policy counts these.
     """
 
     severity: str
@@ -36,6 +43,7 @@ class Problem:
     message: str
     record: str = ""
     action: str = ""
+    drops: str = ""
 
     @property
     def text(self) -> str:
@@ -60,10 +68,11 @@ class Invalid(Exception):
 
 
 def report_error(
-    problems: list[Problem] | None, code: str, file: str | Path, message: str, record: str = "", action: str = ""
+    problems: list[Problem] | None, code: str, file: str | Path, message: str, record: str = "", action: str = "",
+    drops: str = "",
 ) -> None:
     """Append an error to ``problems``, or raise it as a DatasetError when ``problems`` is None."""
-    problem = Problem("error", code, str(file), message, record, action)
+    problem = Problem("error", code, str(file), message, record, action, drops)
     if problems is None:
         raise_problem(problem)
     problems.append(problem)
@@ -71,10 +80,10 @@ def report_error(
 
 def raise_problem(problem: Problem) -> NoReturn:
     """Raise one problem as a DatasetError (its text, without an action: nothing was skipped)."""
-    problem = replace(problem, action="")
+    problem = replace(problem, action="", drops="")
     raise DatasetError(problem.text, problems=[problem])
 
 
 def drop_list(problems: Iterable[Problem]) -> str:
-    """One indented line per problem, with what was done about it."""
-    return "\n".join(f"  {p}" for p in problems)
+    """One indented line per problem: its code, file, message and what was done about it."""
+    return "\n".join(f"  {p.code}: {p}" for p in problems)

@@ -70,11 +70,11 @@ def read_voc(
         raise DatasetError(f"{root}: not a Pascal VOC folder (no Annotations/ directory)")
     xml_files = {p.stem: p for p in sorted(ann_dir.iterdir()) if p.suffix.lower() == ".xml"}
     ids = sorted(xml_files) if split is None else _read_split(root, split, xml_files, problems)
-    parsed = {i: _parse_xml(xml_files[i], problems) for i in ids}
+    parsed = {i: _parse_xml(xml_files[i], problems, "image") for i in ids}
     if classes is None:
         for stem, path in xml_files.items():  # every file under root, not only the split's
-            if stem not in parsed:
-                parsed[stem] = _parse_xml(path, problems)
+            if stem not in parsed:  # not an image of this dataset: a bad one costs none of its images
+                parsed[stem] = _parse_xml(path, problems, "")
         classes = sorted({name for f in parsed.values() if f is not None for name in f.names})
     classes = check_classes(classes)
     index = {name: i for i, name in enumerate(classes)}
@@ -141,14 +141,14 @@ def _read_split(root: Path, split: str, xml_files: dict[str, Path], problems: li
             if problems is None:
                 raise DatasetError(f"{split_file}, line {lineno}: {missing}")
             problems.append(Problem("error", "annotation_missing", str(split_file), f"line {lineno}: {missing}",
-                                    fields[0], "id skipped"))
+                                    fields[0], "id skipped", "image"))
             continue
         ids.append(fields[0])
     return ids
 
 
-def _parse_xml(path: Path, problems: list[Problem] | None) -> _VocFile | None:
-    """One annotation file; None (after recording why) when it cannot be parsed."""
+def _parse_xml(path: Path, problems: list[Problem] | None, drops: str) -> _VocFile | None:
+    """One annotation file; None (after recording why, as costing ``drops``) when it cannot be parsed."""
     try:
         root = ET.parse(path).getroot()
     except ET.ParseError as exc:
@@ -158,7 +158,7 @@ def _parse_xml(path: Path, problems: list[Problem] | None) -> _VocFile | None:
         message = f"cannot read annotation file ({exc})"
     else:
         return _parse_root(root, path, problems)
-    report_error(problems, "annotation_malformed", path, message, path.stem, "annotation file skipped")
+    report_error(problems, "annotation_malformed", path, message, path.stem, "annotation file skipped", drops)
     return None
 
 
@@ -175,7 +175,7 @@ def _parse_root(root: ET.Element, path: Path, problems: list[Problem] | None) ->
         try:
             name, box, difficult, iscrowd = _parse_object(obj, k)
         except Invalid as exc:
-            report_error(problems, exc.code, path, exc.message, path.stem, "object skipped")
+            report_error(problems, exc.code, path, exc.message, path.stem, "object skipped", "box")
             continue
         out.names.append(name)
         out.boxes.append(box)
@@ -249,12 +249,12 @@ def _to_record(
     for k, name, ok in zip(f.objects, f.names, known):
         if not ok:
             report_error(problems, "unknown_class", f.xml, f"object #{k} has class {name!r}, not in classes "
-                         f"{list(index)}", image_id, "object skipped")
+                         f"{list(index)}", image_id, "object skipped", "box")
     path = images.find(f.filename, image_id)
     if path is None:
         wanted = f.filename or f"{image_id}.jpg"
         report_error(problems, "image_missing", f.xml, f"image {wanted!r} not found in {images.folder}",
-                     image_id, "image skipped")
+                     image_id, "image skipped", "image")
         return None
     record = ImageRecord(
         path=path,
