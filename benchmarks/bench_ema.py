@@ -20,7 +20,7 @@ from detect_automl import Dataset
 from detect_automl.config import TrainConfig
 from detect_automl.data.loader import make_loader
 from detect_automl.engine import ModelEma, build_optimizer, evaluate, seed_everything, train_one_epoch
-from detect_automl.engine.train import _WarmupCosine  # what engine.train uses; benchmark-only import
+from detect_automl.engine.optim import WarmupCosine  # what engine.train uses
 from detect_automl.models import build
 
 
@@ -39,7 +39,7 @@ def main() -> None:
                          max_side=2 * model.input_side)
     test_loader = make_loader(test, config.batch_size, train=False)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
-    schedule = _WarmupCosine(optimizer, 10**9, config.warmup_steps, config.min_lr_ratio, 0.0, args.seconds)
+    schedule = WarmupCosine(optimizer, 10**9, config.warmup_steps, config.min_lr_ratio, 0.0, args.seconds)
     ema = ModelEma(model, config.ema_decay)
     trained, epoch, rows = 0.0, 0, []
     while trained < args.seconds:

@@ -28,8 +28,8 @@ from _common import add_common_args, environment, median, setup, table, timed
 
 from detect_automl import Dataset, TrainConfig
 from detect_automl.data.loader import make_loader
-from detect_automl.engine import build_optimizer, evaluate, predict_loader, train_one_epoch
-from detect_automl.engine.train import _WarmupCosine, _amp_dtype  # what engine.train uses
+from detect_automl.engine import amp_dtype as amp_policy, build_optimizer, evaluate, predict_loader, train_one_epoch
+from detect_automl.engine.optim import WarmupCosine  # what engine.train uses
 from detect_automl.metrics import coco_metrics
 from detect_automl.models import build
 
@@ -75,21 +75,21 @@ def main(argv=None) -> int:
                                num_workers=config.num_workers, seed=config.seed)
     val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=config.num_workers)
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
-    scheduler = _WarmupCosine(optimizer, config.epochs * len(train_loader), config.warmup_steps,
+    scheduler = WarmupCosine(optimizer, config.epochs * len(train_loader), config.warmup_steps,
                               config.min_lr_ratio, 0.0, None)
-    amp_dtype = _amp_dtype(device, config.amp)
+    amp_dtype = amp_policy(device, config.amp)  # training only: validation runs in fp32
     step_args = dict(amp_dtype=amp_dtype, grad_clip=config.grad_clip)
 
     if args.warmup:  # untimed: first-call costs (allocator, kernels) out of the epoch figure
         warm_opt = build_optimizer(model, config.optimizer, 1e-6, 0.0, 0.0)
         train_one_epoch(model, warm_opt, itertools.islice(train_loader, args.warmup), device, **step_args)
-        evaluate(model, val_loader, classes, device, amp_dtype=amp_dtype)
+        evaluate(model, val_loader, classes, device)
 
     rows, epoch_s, eval_s = [], [], []
     for epoch in range(1, args.epochs + 1):
         t_epoch, stats = timed(lambda: train_one_epoch(model, optimizer, train_loader, device,
                                                        scheduler=scheduler, **step_args), device)
-        t_eval, metrics = timed(lambda: evaluate(model, val_loader, classes, device, amp_dtype=amp_dtype), device)
+        t_eval, metrics = timed(lambda: evaluate(model, val_loader, classes, device), device)
         epoch_s.append(t_epoch)
         eval_s.append(t_eval)
         rows.append([f"epoch {epoch}: train ({stats['steps']} steps, {stats['images']} img)", t_epoch, "100%", ""])
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
                      f"{100 * t_eval / t_epoch:.1f}%", f"mAP {metrics['map']:.3f}, {metrics['num_detections']} dets"])
 
     # The last evaluation, split into inference and scoring.
-    t_infer, (gt, preds) = timed(lambda: predict_loader(model, val_loader, device, amp_dtype=amp_dtype), device)
+    t_infer, (gt, preds) = timed(lambda: predict_loader(model, val_loader, device), device)
     num_dets = sum(len(p["scores"]) for p in preds)
     coco_s = median([timed(lambda: coco_metrics(gt, preds, classes), device)[0] for _ in range(args.coco_repeats)])
     rows.append(["inference only (predict_loader)", t_infer, f"{100 * t_infer / epoch_s[-1]:.1f}%", ""])

@@ -48,8 +48,8 @@ def main() -> None:
     metrics = detector.evaluate(test)
     trial_seconds = float(board["seconds"].sum())
     concurrency = max(1, round(trial_seconds / max(1.0, wall)))
-    shown = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status", "lr", "batch_size",
-             "weight_decay", "augment"]
+    shown = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status", "device", "lr",
+             "batch_size", "weight_decay", "augment"]
     print(board[[c for c in shown if c in board]].to_string(index=False))
     figures = {
         "data": args.data, "time_limit_s": args.time_limit, "fit_wall_s": round(wall, 1),

@@ -40,7 +40,7 @@ from detect_automl import Dataset
 from detect_automl.config import TrainConfig
 from detect_automl.data.loader import DetectionDataset, collate
 from detect_automl.engine import ModelEma, build_optimizer, train_one_epoch
-from detect_automl.engine.train import _WarmupCosine  # what engine.train uses; benchmark-only import
+from detect_automl.engine.optim import WarmupCosine  # what engine.train uses
 from detect_automl.models import build
 
 TARGET = 0.05
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         fit_model = build(args.model, num_classes, pretrained=None).to(device)
         opt_fit = build_optimizer(fit_model, "adamw", args.lr, WEIGHT_DECAY, 0.9)
         total = (args.warmup + args.repeats * len(batches)) * 2
-        sched = _WarmupCosine(opt_fit, total, 50, 0.01, 0.0, None)
+        sched = WarmupCosine(opt_fit, total, 50, 0.01, 0.0, None)
         ema = ModelEma(fit_model, TrainConfig.ema_decay)
         sides["ours+fit"] = lambda b: train_one_epoch(fit_model, opt_fit, b, device, amp_dtype=amp_dtype,
                                                       scheduler=sched, ema=ema, grad_clip=10.0)["loss"]

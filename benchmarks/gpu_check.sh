@@ -2,20 +2,26 @@
 # GPU figures for benchmarks/README.md, run on a lent GPU machine (no network) from the repo root:
 #   carry .devbundle, built here first by benchmarks/gpu_bundle/build.sh (ray, albumentations, pycocotools
 #   for the machine's Python 3.12: it has no package registry)
-# Every step has its own timeout and logs to $OUT, so one failure does not hide the others.
+# Every step has its own timeout and logs to $OUT, so one failure does not hide the others. ~7 min in all.
+# Steps (issue 11): AMP step time fp32/fp16/bf16 and the box shift AMP would cause; a single AMP fit;
+# a 2-trial search with gpus_per_trial=0 on the GPU machine (its leaderboard's device column must say
+# cpu); a 4-trial search at gpus_per_trial=0.25 (4 trials at once on one GPU).
 set -u
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
+DATA=${DATA:-datasets/bccd}
 bash .devbundle/setup.sh >/dev/null && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 || exit 1
 export RAY_USAGE_STATS_ENABLED=0 TQDM_DISABLE=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" | tee -a "$OUT/gpu.txt"
-(nvidia-smi dmon -s um -d 1 -o T > "$OUT/dmon.txt" 2>&1 &)
+nvidia-smi dmon -s um -d 1 -o T > "$OUT/dmon.txt" 2>&1 &
+DMON=$!
+trap 'kill "$DMON" 2>/dev/null' EXIT  # stop only the monitor this script started
 step() { local name=$1 limit=$2; shift 2; echo "== $name $(date +%T)"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "   rc=$? $(date +%T)"; tail -n "${TAIL:-25}" "$OUT/$name.log"; }
-step single_amp 60 python3 -m detect_automl.cli fit datasets/bccd --split train --val-split val --test-split test \
+step amp 120 python3 benchmarks/bench_amp.py --device cuda --data "$DATA" --json "$OUT/amp.json"
+step single_amp 60 python3 -m detect_automl.cli fit "$DATA" --split train --val-split val --test-split test \
   --time-limit 45 --pretrained none --model fasterrcnn_mobilenet_v3_large_fpn --output /tmp/gpu_single
 for f in ${BENCHES:-}; do step $f 60 python3 benchmarks/$f.py --device cuda; done
-TAIL=14 step search_gpu025 160 python3 benchmarks/bench_search.py --data datasets/bccd --time-limit 130 --num-trials 8 \
-  --gpus-per-trial 0.25 --num-workers 3 --output /tmp/gpu_search025 --json "$OUT/search_gpu025.json"
-[ -n "${WITH_HALF:-}" ] && TAIL=10 step search_gpu050 130 python3 benchmarks/bench_search.py --data datasets/bccd --time-limit 100 --num-trials 4 \
-  --gpus-per-trial 0.5 --num-workers 3 --output /tmp/gpu_search050 --json "$OUT/search_gpu050.json"
-pkill -f "nvidia-smi dmon" || true
+TAIL=12 step search_cpu_on_gpu_machine 90 python3 benchmarks/bench_search.py --data "$DATA" --time-limit 60 \
+  --num-trials 2 --gpus-per-trial 0 --output /tmp/gpu_search_cpu --json "$OUT/search_cpu_on_gpu_machine.json"
+TAIL=12 step search_gpu025 160 python3 benchmarks/bench_search.py --data "$DATA" --time-limit 130 --num-trials 4 \
+  --gpus-per-trial 0.25 --output /tmp/gpu_search025 --json "$OUT/search_gpu025.json"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,6 @@ import numpy as np
 
 from .data.dataset import Dataset
 from .data.image import read_image
-from .data.records import ImageRecord
 from .errors import DatasetError, InputError
 
 __all__ = ["to_rgb_array", "match_classes"]
@@ -92,9 +92,6 @@ def match_classes(data: Dataset, class_names: list[str]) -> Dataset:
             "evaluate on data labelled with the classes the model was trained on"
         )
     mapping = np.array([class_names.index(c) for c in data.classes], dtype=np.int64)
-    records = [
-        ImageRecord(r.path, r.width, r.height, r.boxes, mapping[r.labels], r.difficult, r.iscrowd,
-                    r.image_id, r.source)
-        for r in data.records
-    ]
-    return Dataset.from_records(records, list(class_names), root=data.root, format=data.format)
+    records = [replace(r, labels=mapping[r.labels]) for r in data.records]  # boxes keep their flags and areas
+    return Dataset.from_records(records, list(class_names), root=data.root, format=data.format,
+                                problems=data.problems)

@@ -234,7 +234,8 @@ def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchReq
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
                     "with fit(..., output_dir=%r, resume=True)", r.output / "model", str(r.output))
     config = outcome.best_config
-    detector = build(config.model, len(train.classes), pretrained=None, image_size=config.image_size)
+    detector = build(config.model, len(train.classes), pretrained=config.pretrained, image_size=config.image_size,
+                     load_pretrained=False)
     detector.load_state_dict(outcome.best_state)
     board, metrics = outcome.leaderboard, outcome.best_metrics
     if r.time_limit is not None and not r.resume:

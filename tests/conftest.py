@@ -81,3 +81,14 @@ def copy_voc():
 def truncate():
     """A function ``(path)`` cutting a copied file to its first half."""
     return _truncate
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on 2 shared cores, 2 threads slow down badly when another job runs."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

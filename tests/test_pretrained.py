@@ -28,13 +28,7 @@ CLASSES = ["apple", "banana", "orange"]
 SIZE = 256  # R-CNN / RetinaNet input side: small, so predictions stay fast on CPU
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on 2 shared cores, 2 threads slow down badly when another job runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _NetworkUsed(AssertionError):
@@ -234,3 +228,21 @@ def test_a_loaded_coco_model_exports_what_it_predicts(coco_built, tmp_path):
     np.testing.assert_allclose(scores.numpy(), eager.scores, atol=1e-5)
     np.testing.assert_allclose(boxes.numpy(), eager.boxes, atol=1e-3)
     np.testing.assert_array_equal(class_ids.numpy(), eager.class_ids)
+
+
+def test_a_resumed_or_continued_run_keeps_the_architecture_offline(coco_built, offline, datasets_dir):
+    """Ray's resume and the continuation of the best trial both rebuild through run_trial(resume=...)."""
+    from detect_automl import Dataset
+    from detect_automl.engine import TrainState
+    from detect_automl.engine.trial import run_trial
+
+    raccoon = Dataset(datasets_dir / "raccoon", split="train").subset(2)
+    data = Dataset.from_records(raccoon.records, CLASSES)  # the 3 classes coco_built was made for
+    config = TrainConfig(model=coco_built.spec.name, pretrained="coco", image_size=SIZE, epochs=1, batch_size=2,
+                         warmup_steps=1)
+    # A checkpoint of the first run: its optimizer only loads into the same trainable parameters.
+    checkpoint = TrainState(coco_built, config, torch.device("cpu")).checkpoint()
+    outcome = run_trial(config.replace(epochs=1), data, None, device=torch.device("cpu"), resume=checkpoint,
+                        progress=False)
+    assert _architecture(outcome.detector) == _architecture(coco_built)
+    assert not offline.exists()  # nothing read or downloaded

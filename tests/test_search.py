@@ -67,10 +67,13 @@ def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data
     # The detector is the top row's trial, restored from its best checkpoint.
     top = board.iloc[0]
     assert detector.metrics["trial_id"] == top["trial_id"] and detector.config.lr == top["lr"]
-    (checkpoint,) = (tmp_path / "trials" / "search").glob(f"*{top['trial_id']}*/checkpoint_*/detector.pt")
-    saved = torch.load(checkpoint, weights_only=True)["state_dict"]
+    # Tune keeps the best epoch's checkpoint and the latest one (for a resume): the detector is the best's.
+    kept = [torch.load(f, weights_only=True) for f in
+            (tmp_path / "trials" / "search").glob(f"*{top['trial_id']}*/checkpoint_*/detector.pt")]
+    best_epoch = max(detector.history[top["trial_id"]], key=lambda r: (r["val_map"], r["val_map_50"]))["epoch"]
+    (saved,) = [c["state_dict"] for c in kept if c["epoch"] == best_epoch]
     restored = detector.model.state_dict()
-    assert all(torch.equal(restored[k].cpu(), v) for k, v in saved.items())
+    assert 1 <= len(kept) <= 2 and all(torch.equal(restored[k].cpu(), v) for k, v in saved.items())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the 1-CPU trial: float sums then match to the last bit
     try:
@@ -150,8 +153,8 @@ _INTERRUPTIBLE = """
 import sys, detect_automl as da
 train = da.Dataset(sys.argv[1], split="train").subset(8)
 val = da.Dataset(sys.argv[1], split="val").subset(3)
-da.fit(train, val, time_limit=300, num_trials=1, hyperparameters={fixed!r}, cpus_per_trial=2,
-       search_space={{"lr": {{"grid_search": [1e-3, 2e-3, 3e-3, 4e-3]}}}}, output_dir=sys.argv[2],
+da.fit(train, val, time_limit=float(sys.argv[4]), num_trials=1, hyperparameters={fixed!r}, cpus_per_trial=2,
+       search_space={{"lr": {{"grid_search": {grid!r}}}}}, output_dir=sys.argv[2],
        resume=sys.argv[3] == "resume", progress=False)
 """
 
@@ -166,10 +169,11 @@ def _completed_trials(experiment) -> int:
 
 def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
     script = tmp_path / "search.py"
-    script.write_text(_INTERRUPTIBLE.format(fixed=FIXED))
+    grid = [1e-3, 2e-3, 3e-3, 4e-3]
+    script.write_text(_INTERRUPTIBLE.format(fixed=FIXED, grid=grid))
     out = tmp_path / "out"
     args = [sys.executable, str(script), str(datasets_dir / "raccoon"), str(out)]
-    proc = subprocess.Popen([*args, "fresh"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([*args, "fresh", "300"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 200
     while _completed_trials(out / "trials" / "search") < 1 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)
@@ -183,15 +187,35 @@ def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
     # The cut trial shows as interrupted, unless Ctrl-C came between two trials (none started yet).
     assert 1 <= len(finished) < 4 and (first["status"].str.contains("interrupted").any() or len(first) < 4)
 
-    resumed = subprocess.run([*args, "resume"], capture_output=True, text=True, timeout=400)
+    # Another space is another search: refused, not silently replaced by the stored one.
+    other = tmp_path / "other.py"
+    other.write_text(_INTERRUPTIBLE.format(fixed=FIXED, grid=grid[:3]))
+    refused = subprocess.run([sys.executable, str(other), *args[2:], "resume", "300"], capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "these differ now: space" in refused.stderr, refused.stderr[-2000:]
+
+    started = time.time()
+    resumed = subprocess.run([*args, "resume", "200"], capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    board = da.ObjectDetector.load(out / "model").leaderboard()
+    assert time.time() - started < 200 + 15  # the new time limit (+ the interpreter's start and imports)
+    detector = da.ObjectDetector.load(out / "model")
+    board = detector.leaderboard()
     assert len(board) == 4 and board["val_map"].notna().all()  # the rest ran, none twice
     assert board["status"].isin(["completed", "early-stopped"]).all()  # ASHA may stop weak ones
     for row in finished.itertuples():  # finished trials were kept, not re-run
         again = board[board["trial_id"] == row.trial_id]
         assert len(again) == 1 and again.iloc[0]["val_map"] == pytest.approx(row.val_map)
         assert again.iloc[0]["seconds"] == pytest.approx(row.seconds)
+    for trial_id, records in detector.history.items():  # the cut trial went on from its last epoch
+        assert [r["epoch"] for r in records] == list(range(1, len(records) + 1)), (trial_id, records)
+    # The saved weights are the ones the leaderboard reports (the best checkpoint, not the latest).
+    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # as in the 2-CPU trials
+    try:
+        assert detector.evaluate(val)["map"] == pytest.approx(detector.metrics["map"], abs=1e-6)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_resume_without_a_previous_search_says_so(data, tmp_path):
@@ -293,3 +317,41 @@ def test_asha_never_stops_the_preset_default_early_but_measures_the_others_again
     # At max_t the default stops like any other trial.
     assert scheduler.on_trial_result(None, default_trial, {"time_total_s": 200.0, "val_map": 0.3}) \
         == TrialScheduler.STOP
+
+@pytest.mark.parametrize("gpu_ids, expected", [([], "cpu"), ([3], "cuda")])
+def test_a_trial_trains_on_the_device_ray_gave_it(monkeypatch, gpu_ids, expected):
+    """gpus_per_trial=0 on a GPU machine: Ray leaves CUDA visible to CPU trials, which must stay off it."""
+    import ray
+
+    from detect_automl.tune.trainable import trial_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: gpu_ids)
+    assert trial_device().type == expected
+
+
+def test_data_workers_follow_the_cpus_a_run_has():
+    from detect_automl.engine.trial import data_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert data_workers(cuda, 1) == 0  # Colab: 2 vCPUs, two trials at 0.5 GPU each
+    assert data_workers(cuda, 3) == 2 and data_workers(cuda, 16) == 4
+    assert data_workers(cpu, 16) == 0  # the model already uses every core
+    assert preset_config("best_quality", gpu=True).num_workers is None  # derived, not a fixed 4
+
+
+def test_the_best_trial_continues_only_on_the_kind_of_device_it_trained_on(monkeypatch):
+    from detect_automl.api import _continuation_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only driver of a GPU cluster
+    assert _continuation_device(0.5) is None
+    assert _continuation_device(0.0) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _continuation_device(1.0) == torch.device("cuda") and _continuation_device(0.0).type == "cpu"
+
+
+def test_a_search_without_validation_images_fails_before_it_starts(data, tmp_path):
+    train, val = data
+    with pytest.raises(da.DatasetError, match="validation dataset has no images"):
+        da.fit(train, val.subset(0), time_limit=60, num_trials=2, hyperparameters=FIXED, output_dir=tmp_path,
+               progress=False)

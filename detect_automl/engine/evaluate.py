@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.loader import sanitize_boxes
+from ..data.loader import make_loader, sanitize_boxes
 from ..metrics import coco_metrics
 
 __all__ = ["predict_loader", "evaluate", "validation_seconds_per_image"]
@@ -87,16 +88,27 @@ def evaluate(
 ) -> dict | None:
     """COCO metrics of ``model`` on ``loader``: map, map_50, map_75, per_class, counts, seconds.
 
-    With a ``deadline``, only the images that can be predicted by then are scored (see
-    :func:`predict_loader`): ``num_images`` says how many, ``num_images_total`` of how many;
-    None when not even one batch fits.
+    With a ``deadline`` (``time.monotonic()``) and ``seconds_per_image``, a validation that cannot
+    finish in time scores a fixed, seeded random subset of the images instead, as many as fit
+    (``num_images`` says how many, ``num_images_total`` of how many; the subsets for two sizes
+    are nested); None when not even one image fits. A whole validation scores the images in
+    the loader's order, so its figures are the ones ``ObjectDetector.evaluate`` gives.
     """
     start = time.monotonic()
+    total = len(loader.dataset)
+    if deadline is not None and seconds_per_image:
+        fits = int((deadline - start) / seconds_per_image)
+        if fits < 1 and total:
+            return None
+        if fits < total:
+            chosen = np.sort(np.random.default_rng(0).permutation(total)[:fits])
+            loader = make_loader(loader.dataset, loader.batch_size, train=False, num_workers=loader.num_workers,
+                                 order=chosen, pin_memory=loader.pin_memory)
     ground_truth, predictions = predict_loader(model, loader, device, deadline=deadline,
                                                seconds_per_image=seconds_per_image, progress=progress)
-    if not predictions and len(loader.dataset):
+    if not predictions and total:
         return None
     metrics = coco_metrics(ground_truth, predictions, class_names)
-    metrics["num_images_total"] = len(loader.dataset)
+    metrics["num_images_total"] = total
     metrics["seconds"] = time.monotonic() - start
     return metrics

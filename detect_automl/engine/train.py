@@ -136,8 +136,8 @@ def train(
     Validation (COCO mAP, in fp32) runs every ``config.eval_every`` epochs and after the last.
     Its time is part of the budget: measured per image on one batch before training, it is kept
     back from the last epoch's training (at most a quarter of the budget), and a validation
-    that cannot finish by the deadline scores a prefix of the loader's (seeded) order instead
-    (``val_images`` says how many), or is skipped when not even one batch fits. With
+    that cannot finish by the deadline scores a fixed, seeded random subset of the images instead
+    (``val_images`` says how many), or is skipped when not even one image fits. With
     ``config.ema_decay`` > 0 the moving average of the weights is what is validated, passed on
     and kept. ``on_epoch(record, state)`` receives each epoch's record (``record["is_best"]``
     marks a new best epoch) and the :class:`TrainState` (``state.kept``, ``state.checkpoint()``),

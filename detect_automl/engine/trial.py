@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig
@@ -74,17 +73,16 @@ def run_trial(
     start = time.monotonic()
     device = device or default_device()
     seed_everything(config.seed)
+    # A resumed run has its weights: build the architecture it was trained in, without reading any.
     detector = build(config.model, len(train_data.classes), pretrained=config.pretrained,
-                     image_size=config.image_size)
+                     image_size=config.image_size, load_pretrained=resume is None)
     state = TrainState(detector, config, device)
     if resume is not None:
         state.restore(resume)
     workers = data_workers(device, cpus) if config.num_workers is None else config.num_workers
     val_loader = None
     if val_data is not None and len(val_data):
-        # A seeded order: a validation cut short by the deadline scores a random subset.
-        order = np.random.default_rng(config.seed).permutation(len(val_data))
-        val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=workers, order=order,
+        val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=workers,
                                  pin_memory=device.type == "cuda")
     batch_size = config.batch_size
     while True:

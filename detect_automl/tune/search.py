@@ -218,6 +218,7 @@ def _collect(results, fixed: dict, experiment: Path, cut: str) -> SearchOutcome:
         seconds = float(records[-1].get("time_total_s", 0.0)) if records else 0.0
         rows.append(leaderboard_row(trial_id, params, history[trial_id], seconds, _status(result, records, params, trial, cut)))
         rows[-1]["node"] = str(records[-1].get("node_id", ""))[:12] if records else ""
+        rows[-1]["device"] = str(records[-1].get("device", "")) if records else ""
         if result.best_checkpoints:
             checkpoints[trial_id] = (_best_checkpoint(result.best_checkpoints), params, rows[-1])
     board = sort_leaderboard(rows)

@@ -54,7 +54,7 @@ def train_trial(
             one trial), or None for "until ``deadline_wall``".
 
     Each validated epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch``,
-    ``time_limit_hit``, the batch used and the Ray ``node_id``, with a checkpoint of the whole
+    ``time_limit_hit``, the batch used, the Ray ``node_id`` and the ``device`` type, with a checkpoint of the whole
     training state (:meth:`TrainState.checkpoint`). Tune keeps the best checkpoint by
     ``val_map`` and the latest; a resumed trial continues from the latest with its next epoch.
     Epochs without validation (``eval_every`` > 1, or no time left to validate) report nothing:
@@ -75,16 +75,16 @@ def train_trial(
     deadline = time.monotonic() + (min(ends) - time.time()) - REPORT_MARGIN if ends else None
 
     context = ray.get_runtime_context()
-    node = context.get_node_id()
+    node, device = context.get_node_id(), trial_device()
 
     def report(record: dict, state: TrainState) -> None:
         if "val_map" not in record:
             return
         metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"], "node_id": node,
-                   "batch_size_used": record["batch_size"]}
+                   "device": device.type, "batch_size_used": record["batch_size"]}
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.checkpoint(), Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    run_trial(config, train_data, val_data, device=trial_device(), cpus=context.get_assigned_resources().get("CPU"),
+    run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
               deadline=deadline, on_epoch=report, resume=resume, progress=False)
