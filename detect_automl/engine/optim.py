@@ -50,7 +50,7 @@ class WarmupCosine:
         self._apply()
 
     def progress(self) -> float:
-        """Fraction of the cosine done, in [0, 1] (0 during warm-up)."""
+        """Fraction of the cosine done, in [0, 1] (``offset`` during warm-up)."""
         if self.step_count < self.warmup_steps:
             return self.offset
         done = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
@@ -97,14 +97,10 @@ class ModelEma:
         self.updates += 1
         self.averaged.update_parameters(model)
 
-    def state_dict(self) -> dict:
-        """The averaged weights and the update count (what a checkpoint keeps)."""
-        return {"module": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue an average saved by :meth:`state_dict` (later updates fold into it)."""
-        self.module.load_state_dict(state["module"])
-        self.updates = int(state["updates"])
+    def restore(self, averaged: dict, updates: int) -> None:
+        """Continue an average from its weights and update count (later updates fold into it)."""
+        self.module.load_state_dict(averaged)
+        self.updates = int(updates)
         self.averaged.n_averaged.fill_(self.updates)  # non-zero: the next update averages, not copies
 
     def _lerp(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _count) -> None:

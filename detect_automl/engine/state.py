@@ -84,7 +84,7 @@ class TrainState:
         """Continue from :meth:`checkpoint`'s dict (a detector state_dict alone restarts the optimizer)."""
         self.model.load_state_dict(saved.get("model", saved["state_dict"]))
         if self.ema is not None:
-            self.ema.load_state_dict({"module": saved["state_dict"], "updates": saved.get("ema_updates", 0)})
+            self.ema.restore(saved["state_dict"], saved.get("ema_updates", 0))
         if "optimizer" in saved:
             self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and "scaler" in saved:

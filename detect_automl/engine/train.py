@@ -190,7 +190,7 @@ def train(
 
 def _validate(state: TrainState, loader, class_names: list[str], clock: _ValidationClock, record: dict,
               deadline: float | None) -> None:
-    """Validate the kept weights into ``record`` (val_map, ...; is_best) unless no batch fits."""
+    """Validate the kept weights into ``record`` (val_map, ...; is_best) unless not one image fits."""
     metrics = evaluate(state.kept, loader, class_names, state.device, deadline=deadline,
                        seconds_per_image=clock.per_image)
     if metrics is None:

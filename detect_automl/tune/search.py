@@ -81,7 +81,7 @@ def run_search(
     verbose: int = 1,
 ) -> SearchOutcome:
     """Run ``num_trials`` sampled configurations with Ray Tune and collect the results."""
-    # One best-so-far checkpoint per trial forces frequent state snapshots; that is intended.
+    # A checkpoint per validated epoch forces frequent state snapshots; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # Every report carries val_map; a trial that ends without one (it started after the deadline,
     # or its time ran out before a first validation) sends Tune only its final "done" result. Tune
