@@ -6,7 +6,11 @@
 # Steps (issue 11): AMP step time fp32/fp16/bf16 and the box shift AMP would cause; a single AMP fit;
 # a 2-trial search with gpus_per_trial=0 on the GPU machine (its leaderboard's device column must say
 # cpu); a 4-trial search at gpus_per_trial=0.25 (4 trials at once on one GPU).
+# Steps (issue 12): the planned search against the default alone at the same T on BCCD: 1 trial, then
+# 4 trials at gpus_per_trial=0.25 (wall <= 1.1 T for both; best of 4 >= the single trial), then 4 with
+# the plan's own GPU fraction. STEPS="11 12" (default) picks the issues; each set fits one 10-minute call.
 set -u
+STEPS=${STEPS:-11 12}
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT"
 DATA=${DATA:-datasets/bccd}
 bash .devbundle/setup.sh >/dev/null && export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 || exit 1
@@ -17,6 +21,7 @@ nvidia-smi dmon -s um -d 1 -o T > "$OUT/dmon.txt" 2>&1 &
 DMON=$!
 trap 'kill "$DMON" 2>/dev/null' EXIT  # stop only the monitor this script started
 step() { local name=$1 limit=$2; shift 2; echo "== $name $(date +%T)"; timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; echo "   rc=$? $(date +%T)"; tail -n "${TAIL:-25}" "$OUT/$name.log"; }
+if [[ " $STEPS " == *" 11 "* ]]; then
 step amp 120 python3 benchmarks/bench_amp.py --device cuda --data "$DATA" --json "$OUT/amp.json"
 step single_amp 60 python3 -m detect_automl.cli fit "$DATA" --split train --val-split val --test-split test \
   --time-limit 45 --pretrained none --model fasterrcnn_mobilenet_v3_large_fpn --output /tmp/gpu_single
@@ -25,3 +30,12 @@ TAIL=12 step search_cpu_on_gpu_machine 90 python3 benchmarks/bench_search.py --d
   --num-trials 2 --gpus-per-trial 0 --output /tmp/gpu_search_cpu --json "$OUT/search_cpu_on_gpu_machine.json"
 TAIL=12 step search_gpu025 160 python3 benchmarks/bench_search.py --data "$DATA" --time-limit 130 --num-trials 4 \
   --gpus-per-trial 0.25 --output /tmp/gpu_search025 --json "$OUT/search_gpu025.json"
+fi
+if [[ " $STEPS " == *" 12 "* ]]; then
+for n in 1 4; do
+  TAIL=12 step plan_n${n}_gpu025 200 python3 benchmarks/bench_search.py --data "$DATA" --time-limit 150 \
+    --num-trials $n --gpus-per-trial 0.25 --output /tmp/gpu_plan$n --json "$OUT/plan_n${n}_gpu025.json"
+done
+TAIL=12 step plan_n4_auto 200 python3 benchmarks/bench_search.py --data "$DATA" --time-limit 150 --num-trials 4 \
+  --output /tmp/gpu_plan_auto --json "$OUT/plan_n4_auto.json"
+fi

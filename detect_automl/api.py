@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,21 +13,24 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
+from .budget import Budget
 from .config import TrainConfig
 from .data.checks import check_dataset
 from .data.dataset import Dataset
 from .data.policy import DEFAULT_ON_ERROR, data_report
 from .engine.trial import run_trial
-from .errors import DatasetError, InputError, SearchError, WeightsError
-from .leaderboard import history_record, leaderboard_row, sort_leaderboard
-from .models import build, get_spec
-from .models.weights import ensure_weights
+from .errors import DatasetError, InputError, SearchError
+from .leaderboard import TrialStatus, end_status, history_record, leaderboard_row, sort_leaderboard
+from .models import build
+from .models.weights import resolve_pretrained
 from .predictor import ObjectDetector
+from .tune.plan import SearchPlan, SearchRequest, plan_search
+from .tune.portfolio import portfolio, search_points
 from .tune.space import is_searched, preset_config, preset_space
 
 __all__ = ["fit"]
 
-log = logging.getLogger("detect_automl")
+log = logging.getLogger(__name__)
 
 
 def fit(
@@ -52,16 +55,22 @@ def fit(
 ) -> ObjectDetector:
     """Search detectors and hyperparameters on ``train``; keep, save and return the best.
 
-    With ``num_trials=1`` (and no search space, cluster or resume) one configuration trains in
-    this process; otherwise a Ray Tune search runs ``num_trials`` sampled configurations in
-    parallel, stops weak ones early (ASHA) and keeps the best by validation mAP.
+    It reads as its steps: check the data, configure (preset, regime, the user's values), plan
+    (how many trials the budget carries), run, keep the best, save. With ``num_trials=1`` (and
+    no search space, cluster or resume) the preset's default trains in this process; otherwise a
+    Ray Tune search runs the default, then the preset's portfolio, then sampled configurations,
+    in parallel, stops weak ones early (ASHA) and keeps the best by validation mAP. With a
+    ``time_limit``, each run plans its schedule to end at its deadline (``epochs`` is then only a
+    cap, when given), and the search plan runs fewer trials than asked when the budget cannot
+    train each for long enough to rank it (they show as ``not run`` / ``budget``, with a warning).
 
     Args:
         train: the training data.
         val: validation data (ranks epochs and trials); without it a deterministic
             ``val_fraction`` of ``train`` is held out (seeded by ``seed``).
-        time_limit: seconds for the whole call, restoring and saving the best included.
-        num_trials: configurations to sample and train.
+        time_limit: seconds for the whole call, restoring and saving the best included; training
+            is planned to use all of it.
+        num_trials: configurations to train at most (the default, the portfolio, then samples).
         presets: "fast", "medium_quality" or "best_quality": defaults and search space for the
             hardware found.
         search_space: overrides of the preset's space: Ray Tune domains, lists (a choice),
@@ -95,60 +104,83 @@ def fit(
 
     >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=600, num_trials=4)  # doctest: +SKIP
     """
-    start_wall = time.time()
+    start = time.time()
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
+    searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
+    _reserve(time_limit, searching)  # refuses a time_limit too short to save a model
+    train, val, bad_data = _check_data(train, val, on_error, searching, val_fraction, seed)
+    gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
+    base, space, tuning = _configure(presets, gpu, dict(hyperparameters or {}), dict(search_space or {}), time_limit,
+                                     seed, searching)
+    output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
+    total = None if time_limit is None else Budget.from_seconds(time_limit, start)
+    if not searching:
+        device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
+        detector = _train_one(train, val, base, device, _minus(total, _reserve(time_limit, False)), progress)
+    else:
+        request = SearchRequest(
+            base=base, space=space, points=search_points(space, base, portfolio(presets, gpu, tuning)),
+            num_trials=num_trials, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
+            ray_address=ray_address, searcher=searcher, seed=seed, resume=resume, output=output, progress=progress)
+        detector = _search(train, val, request, total, time_limit)
+    return _save(detector, output / "model", bad_data, progress, start, time_limit)
+
+
+def _check_data(train: Dataset, val: Dataset | None, on_error: str, searching: bool, val_fraction: float,
+                seed: int) -> tuple[Dataset, Dataset, dict]:
+    """Step 1: the data checks (``on_error``), the report of what was left out, the val split."""
     train = check_dataset(train, on_error)
     val = check_dataset(val, on_error) if val is not None else None
     bad_data = data_report(on_error, train, val)
     if len(train) == 0:
         raise DatasetError("the training dataset has no images")
-    searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
     if searching and val is not None and len(val) == 0:
         raise DatasetError("the validation dataset has no images: a search ranks its trials by validation mAP")
-    reserve = _reserve(time_limit, searching)
-    deadline_wall = None if time_limit is None else start_wall + float(time_limit) - reserve
     if val is None:
         if searching and len(train) < 2:
             raise DatasetError("a search needs at least 2 training images to hold one out for validation")
         train, val = train.split(val_fraction, seed=seed)
-    gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
-    base = preset_config(presets, gpu=gpu).replace(seed=seed)
-    output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
-    if searching:
-        request = _SearchRequest(
-            space=preset_space(presets, gpu), search_space=dict(search_space or {}),
-            hyperparameters=dict(hyperparameters or {}), num_trials=num_trials, time_limit=time_limit,
-            deadline_wall=deadline_wall, output=output, gpus_per_trial=gpus_per_trial,
-            cpus_per_trial=cpus_per_trial, ray_address=ray_address, searcher=searcher, seed=seed, resume=resume,
-            progress=progress)
-        detector = _search(train, val, base, request)
+    return train, val, bad_data
+
+
+def _configure(presets: str, gpu: bool, hyperparameters: dict, search_space: dict, time_limit: float | None,
+               seed: int, searching: bool) -> tuple[TrainConfig, dict, bool]:
+    """Step 2: the preset's configuration for the hardware and regime, merged once with the user's
+    values; the searched space; the regime. The regime (COCO weights or from scratch) is decided
+    here, once: ``pretrained="auto"`` becomes "coco" when the weights of every model that can
+    train (the fixed one, or the searched choices) can be had.
+
+    With a ``time_limit``, training is planned to it: ``epochs`` is a cap only when the user sets it.
+    """
+    scratch = preset_config(presets, gpu)
+    space = {**preset_space(presets, gpu), **search_space}
+    model = space.get("model", scratch.model)
+    if "model" in hyperparameters or not (searching and is_searched(model)):
+        models = [hyperparameters.get("model", model if not is_searched(model) else scratch.model)]
     else:
-        config = base.replace(**dict(hyperparameters or {}))
-        config = config.replace(pretrained=_resolve_auto(config.pretrained, [config.model]))
-        device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        detector = _single(train, val, config, deadline_wall, device, progress)
-    detector.data_report = bad_data
-    detector.path = detector.save(output / "model")
-    if progress:
-        tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "
-                   f"to {detector.path} in {time.time() - start_wall:.0f} s")
-    return detector
+        models = _choices(model)
+    pretrained = resolve_pretrained(hyperparameters.get("pretrained", scratch.pretrained), models)
+    tuning = _finetuning(pretrained)
+    base = preset_config(presets, gpu, tuning).replace(seed=seed, pretrained=pretrained)
+    space = {**preset_space(presets, gpu, tuning), **search_space}
+    if time_limit is not None and "epochs" not in hyperparameters:
+        base = base.replace(epochs=None)
+    fixed = {k: v for k, v in space.items() if not is_searched(v) and k != "pretrained"}
+    fixed.update({k: v for k, v in hyperparameters.items() if k != "pretrained"})
+    return base.replace(**fixed), {k: v for k, v in space.items() if k not in fixed and k != "pretrained"}, tuning
 
 
-def _resolve_auto(pretrained, models: list[str]):
-    """``pretrained="auto"`` -> "coco" when every candidate model's COCO weights can be had (cached
-    or downloaded once, here, before any trial starts), else None with one warning saying why."""
-    if pretrained != "auto":
-        return pretrained
-    try:
-        for name in models:
-            ensure_weights(get_spec(name).coco_weights)
-    except WeightsError as exc:
-        warnings.warn(f"{exc}\nTraining from scratch instead: expect a much lower mAP than with pretrained "
-                      "weights.", stacklevel=3)
-        return None
-    return "coco"
+def _choices(value) -> list:
+    """The values a searched entry can take: a list's, a grid's or a Ray Tune choice's."""
+    if isinstance(value, dict) and "grid_search" in value:
+        return list(value["grid_search"])
+    return list(getattr(value, "categories", value))
+
+
+def _finetuning(pretrained: str | None) -> bool:
+    """COCO detector weights or a weights file: the fine-tuning regime (presets and portfolio)."""
+    return pretrained not in (None, "imagenet")
 
 
 def _reserve(time_limit: float | None, searching: bool) -> float:
@@ -162,18 +194,51 @@ def _reserve(time_limit: float | None, searching: bool) -> float:
     return reserve
 
 
-def _single(train: Dataset, val: Dataset, config: TrainConfig, deadline_wall: float | None,
-            device: torch.device, progress: bool) -> ObjectDetector:
+def _time_limit_for(search_seconds: float, total: Budget, time_limit: float) -> float:
+    """The smallest ``time_limit`` whose search budget, after what this fit already spent (data
+    checks, the probe) and its reserve for the wrap-up, holds ``search_seconds``."""
+    spent = float(time_limit) - total.remaining()
+    needed = search_seconds + spent
+    for limit in ((needed + 8.0) / 0.96, needed + 60.0):  # the two branches of _reserve
+        if limit - _reserve(limit, True) >= needed - 1e-6:
+            return math.ceil(limit)
+    return math.ceil(needed + 60.0)
+
+
+def _minus(budget: Budget | None, seconds: float) -> Budget | None:
+    return None if budget is None else budget.minus(seconds)
+
+
+def _train_one(train: Dataset, val: Dataset, config: TrainConfig, device: torch.device, budget: Budget | None,
+               progress: bool, not_run: list[dict] = ()) -> ObjectDetector:
+    """Step 3, one configuration: train it in this process, on every CPU or the GPU."""
     def report(record: dict, state) -> None:
         if progress:
             tqdm.write(_epoch_line(record))
 
-    deadline = None if deadline_wall is None else time.monotonic() + (deadline_wall - time.time())
-    outcome = run_trial(config, train, val, device=device, deadline=deadline, on_epoch=report, progress=progress)
-    row = leaderboard_row("0", config.to_dict(), outcome.result.history, outcome.seconds, _status(outcome.result))
-    return ObjectDetector(outcome.detector, train.classes, config, leaderboard=sort_leaderboard([row]),
+    outcome = run_trial(config, train, val, device=device, budget=budget, on_epoch=report, progress=progress)
+    history = outcome.result.history
+    rows = [leaderboard_row("0", config.to_dict(), history, outcome.seconds, *end_status(
+        outcome.result.stopped, history[-1]["batch_size"] if history else None, config.batch_size))]
+    return ObjectDetector(outcome.detector, train.classes, config,
+                          leaderboard=sort_leaderboard(rows + _not_run_rows(config, not_run)),
                           history={"0": [history_record(r) for r in outcome.result.history]},
                           metrics=outcome.result.best_metrics)
+
+
+def _save(detector: ObjectDetector, path: Path, bad_data: dict, progress: bool, start: float,
+          time_limit: float | None) -> ObjectDetector:
+    """Step 5: save the kept detector with the data report; say how the budget went."""
+    detector.data_report = bad_data
+    detector.path = detector.save(path)
+    if progress:
+        used = f"in {time.time() - start:.0f} s" + ("" if time_limit is None else f" of {time_limit:.0f}")
+        board = detector.leaderboard()
+        if (board["status"] == TrialStatus.CONVERGED.value).any():
+            used += " (converged early: val mAP stopped improving)"
+        tqdm.write(f"saved the best model ({detector.model_name}, val mAP {detector.metrics.get('map') or 0:.3f}) "
+                   f"to {detector.path} {used}")
+    return detector
 
 
 def _epoch_line(record: dict) -> str:
@@ -183,116 +248,60 @@ def _epoch_line(record: dict) -> str:
         line += f", val mAP {record['val_map']:.3f} (mAP@50 {record['val_map_50']:.3f})"
         if record.get("val_images") is not None and record["val_images"] < record.get("val_images_total", 0):
             line += f" on {record['val_images']} of {record['val_images_total']} images (time limit)"
+    if record.get("converged"):
+        line += "; converged (no better val mAP for the last validations)"
     return line
 
 
-def _status(result) -> str:
-    """Leaderboard status of a run trained in this process (TrainResult.stopped)."""
-    return "stopped (time limit)" if result.stopped == "time_limit" else "completed"
-
-
-@dataclass(frozen=True)
-class _SearchRequest:
-    """What ``fit`` asks of a Ray Tune search (its arguments, with the preset's space resolved)."""
-
-    space: dict
-    search_space: dict
-    hyperparameters: dict
-    num_trials: int
-    time_limit: float | None
-    deadline_wall: float | None
-    output: Path
-    gpus_per_trial: float | None
-    cpus_per_trial: float | None
-    ray_address: str | None
-    searcher: str
-    seed: int
-    resume: bool
-    progress: bool
-
-
-def _search(train: Dataset, val: Dataset, base: TrainConfig, request: _SearchRequest) -> ObjectDetector:
+def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget | None,
+            time_limit: float | None) -> ObjectDetector:
+    """Steps 3-4 for a search: plan it, run the trials the plan carries, keep and continue the best."""
+    from .tune.leader import continue_best
     from .tune.search import run_search
 
-    r = request
-    space = {**r.space, **r.search_space}
-    fixed = {k: v for k, v in space.items() if not is_searched(v)}
-    fixed.update(r.hyperparameters)
-    space = {k: v for k, v in space.items() if k not in fixed}
-    base = base.replace(**fixed)
-    models = space.get("model", [base.model])
-    base = base.replace(pretrained=_resolve_auto(base.pretrained, list(getattr(models, "categories", models))))
-    outcome = run_search(train, val, base=base, space=space, num_trials=r.num_trials, deadline_wall=r.deadline_wall,
-                         storage_dir=r.output / "trials", gpus_per_trial=r.gpus_per_trial,
-                         cpus_per_trial=r.cpus_per_trial, ray_address=r.ray_address, searcher=r.searcher,
-                         resume=r.resume, seed=r.seed, verbose=1 if r.progress else 0)
+    budget = _minus(total, _reserve(time_limit, True))
+    plan = plan_search(request, train, budget)
+    needed = None if plan.needed_seconds is None else _time_limit_for(plan.needed_seconds, total, time_limit)
+    if request.progress:
+        tqdm.write(plan.describe(needed))
+    if plan.not_run:
+        warnings.warn(f"time_limit={time_limit:.0f} s carries {plan.num_run} of the {plan.asked} trials asked; "
+                      f"time_limit >= {needed:.0f} s would run all of them", stacklevel=3)
+    if plan.num_run == 1 and request.ray_address is None and not request.resume and request.points:
+        config = request.base.replace(**request.points[0])
+        device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
+        return _train_one(train, val, config, device, _minus(total, _reserve(time_limit, False)), request.progress,
+                          not_run=_left_out(request, plan))
+    outcome = run_search(train, val, request, plan, budget)
     if outcome.best_state is None:
-        reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}"
+        reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}: {row.detail}"
                             for row in outcome.leaderboard.itertuples())
         raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
     if outcome.interrupted:
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
-                    "with fit(..., output_dir=%r, resume=True)", r.output / "model", str(r.output))
+                    "with fit(..., output_dir=%r, resume=True)", request.output / "model", str(request.output))
     config = outcome.best_config
     detector = build(config.model, len(train.classes), pretrained=config.pretrained, image_size=config.image_size,
                      load_pretrained=False)
     detector.load_state_dict(outcome.best_state)
     board, metrics = outcome.leaderboard, outcome.best_metrics
-    if r.time_limit is not None and not r.resume:
+    if total is not None and not request.resume:
         # Ray has shut down by now: only the save is left to reserve time for.
-        save_by = r.deadline_wall + _reserve(r.time_limit, True) - _reserve(r.time_limit, False)
-        device = _continuation_device(outcome.gpus_per_trial)
-        if device is not None:
-            board, metrics = _continue_best(detector, config, train, val, board, outcome.history, metrics,
-                                            save_by, r.time_limit, r.progress, device)
+        board, metrics = continue_best(detector, config, train, val, board, outcome.history, metrics,
+                                       total.minus(_reserve(time_limit, False)), time_limit, request.progress,
+                                       outcome.gpus_per_trial)
+    board = sort_leaderboard(board.to_dict("records") + _not_run_rows(request.base, _left_out(request, plan)))
     return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,
                           metrics=metrics)
 
 
-def _continuation_device(gpus_per_trial: float) -> torch.device | None:
-    """Where the best trial continues: the kind of device it trained on, or None (with a note)
-    when this process has none such (a CPU-only driver of a GPU cluster)."""
-    if gpus_per_trial <= 0:
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    log.info("not continuing the best trial with the time left: it trained on a GPU and this process has none")
-    return None
+def _not_run_rows(base: TrainConfig, points: list[dict]) -> list[dict]:
+    """Leaderboard rows for the trials the plan left out (``not run``, detail ``budget``)."""
+    return [leaderboard_row(f"not-run-{i}", {**base.to_dict(), **point}, [], 0.0, TrialStatus.NOT_RUN, "budget")
+            for i, point in enumerate(points, start=1)]
 
 
-def _continue_best(detector, config: TrainConfig, train: Dataset, val: Dataset, board, history: dict,
-                   metrics: dict, deadline_wall: float, time_limit: float, progress: bool,
-                   device: torch.device | None = None):
-    """Spend time the search left over (trials stopped early by ASHA free it) on the best trial.
-
-    Only a best trial that its time share cut short is continued, in this process on ``device``,
-    from its best checkpoint at half its learning rate (a warm restart of the cosine schedule),
-    and only when the time left holds an epoch and a validation as long as its last ones; its row
-    and history are updated, and the detector keeps whichever epoch validates best.
-    """
-    trial_id = metrics["trial_id"]
-    row = board.index[board["trial_id"] == trial_id][0]
-    left = deadline_wall - time.time()
-    last = (history.get(trial_id) or [{}])[-1]
-    needed = 1.2 * (float(last.get("train_seconds") or 0.0) + float(last.get("val_seconds") or 0.0))
-    if board.at[row, "status"] != "stopped (time limit)" or left < max(10.0, 0.02 * time_limit, needed):
-        return board, metrics
-    done = int(board.at[row, "epochs"])
-    if done >= config.epochs:
-        return board, metrics
-    log.info("continuing trial %s for the %.0f s the search left over", trial_id, left)
-    more = config.replace(lr=config.lr * 0.5, warmup_steps=min(config.warmup_steps, 10))
-    outcome = run_trial(more, train, val, device=device, resume={"state_dict": detector.state_dict(), "epoch": done},
-                        deadline=time.monotonic() + left, progress=progress)
-    records = [history_record(r) for r in outcome.result.history]
-    history[trial_id] = history.get(trial_id, []) + records
-    board = board.copy()
-    board.at[row, "epochs"] = records[-1]["epoch"] if records else done
-    board.at[row, "seconds"] = round(float(board.at[row, "seconds"]) + outcome.seconds, 1)
-    board.at[row, "status"] = _status(outcome.result) + " (continued)"
-    new = outcome.result.best_metrics
-    if new and (new["map"], new["map_50"]) > (metrics["map"], metrics["map_50"]):
-        detector.load_state_dict(outcome.detector.state_dict())
-        metrics = {"map": new["map"], "map_50": new["map_50"], "trial_id": trial_id}
-        board.at[row, "val_map"], board.at[row, "val_map_50"] = new["map"], new["map_50"]
-    return sort_leaderboard(board.to_dict("records")), metrics
+def _left_out(request: SearchRequest, plan: SearchPlan) -> list[dict]:
+    """The points of the trials the plan does not run: portfolio entries, then sampled ones ({})."""
+    planned = list(request.points[plan.num_run:]) + [{}] * request.num_trials
+    return planned[:plan.not_run]

@@ -203,12 +203,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", default=None, help="validation split (default: hold out 10%% of training)")
     p.add_argument("--test-split", default=None, help="evaluate the saved model on this split at the end")
     p.add_argument("--time-limit", type=float, default=None, help="seconds for the whole fit")
-    p.add_argument("--num-trials", type=int, default=1, help="configurations to sample (1: a single training)")
+    p.add_argument("--num-trials", type=int, default=1,
+                   help="configurations to train at most: the preset's default, its portfolio, then samples; "
+                        "the search plan runs fewer when the time limit cannot train them all (1: one training)")
     p.add_argument("--preset", choices=["fast", "medium_quality", "best_quality"], default="medium_quality",
                    help="search space and defaults for the hardware found")
     p.add_argument("--model", default=None, help="a model name (see detect_automl.list_models())")
     p.add_argument("--pretrained", default="auto", help="auto | coco | imagenet | none | PATH")
-    p.add_argument("--epochs", type=int, default=None, help="fix the number of epochs (default: the preset's)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="cap the number of epochs (default: with --time-limit, train until it; without, the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="fix the batch size (default: the preset's)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 to share a GPU (default: 1 with GPUs)")
     p.add_argument("--cpus-per-trial", type=float, default=None)

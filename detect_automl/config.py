@@ -18,7 +18,10 @@ class TrainConfig:
         model: a registry name (``detect_automl.models.list_models()``).
         pretrained: "auto" (COCO weights where they can be had, else from scratch with a
             warning), "coco", "imagenet", a weights file path, or None (train from scratch).
-        epochs: maximum number of epochs (a time budget may stop earlier).
+        epochs: number of epochs, or None to train until the time budget ends (the schedule is
+            then planned to end at the deadline). With a budget, a number is a cap: training
+            ends at whichever comes first. ``fit`` with a ``time_limit`` sets None unless the
+            user gives ``epochs``; without one, the preset's number is used.
         batch_size: images per step.
         optimizer: "sgd" or "adamw".
         lr: peak learning rate (after warm-up), cosine-decayed to ``lr * min_lr_ratio``.
@@ -36,11 +39,14 @@ class TrainConfig:
             (:func:`detect_automl.engine.trial.data_workers`).
         seed: seeds torch, numpy and data order.
         eval_every: evaluate on the validation set every N epochs (the last epoch always).
+        patience: stop once this many validations in a row have not improved the best val mAP,
+            counted only in the second half of the schedule (the first half's plateaus are
+            lifted by the decaying learning rate); None never stops on a plateau.
     """
 
     model: str = "ssdlite320_mobilenet_v3_large"
     pretrained: str | None = "auto"
-    epochs: int = 20
+    epochs: int | None = 20
     batch_size: int = 4
     optimizer: str = "adamw"
     lr: float = 1e-3
@@ -56,11 +62,14 @@ class TrainConfig:
     num_workers: int | None = None
     seed: int = 0
     eval_every: int = 1
+    patience: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise InputError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
-        for name in ("epochs", "batch_size", "eval_every"):
+        for name in ("epochs", "batch_size", "eval_every", "patience"):
+            if getattr(self, name) is None and name in ("epochs", "patience"):
+                continue
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not self.lr > 0:

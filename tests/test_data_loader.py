@@ -204,3 +204,23 @@ def test_loader_with_a_worker_process(raccoon_train):
     assert loader.persistent_workers
     images, targets = next(iter(loader))
     assert len(images) == 2 and images[0].shape[0] == 3 and targets[1]["image_id"] == 1
+
+
+def test_the_cache_decodes_each_training_image_once_within_its_byte_budget(datasets_dir, monkeypatch):
+    from detect_automl.data import loader as loader_module
+
+    data = Dataset(datasets_dir / "raccoon", split="train").subset(4)
+    reads = []
+    real = loader_module.read_image
+    monkeypatch.setattr(loader_module, "read_image", lambda path: reads.append(path) or real(path))
+    plain = DetectionDataset(data, max_side=320)
+    first = [plain[i] for i in range(4)]
+    two_images = sum(image.numel() for image, _ in first[:2])  # uint8 bytes of the first two
+    cached = DetectionDataset(data, max_side=320, cache_bytes=two_images)
+    reads.clear()
+    for _ in range(3):  # three epochs
+        again = [cached[i] for i in range(4)]
+        for (image, target), (image2, target2) in zip(first, again):
+            assert torch.equal(image, image2) and torch.equal(target["boxes"], target2["boxes"])
+    assert len(reads) == 4 + 2 * 2  # all four decoded once; only the two that fit were kept
+    assert cached._cached_bytes == two_images

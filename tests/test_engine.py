@@ -66,6 +66,39 @@ def test_train_stops_cleanly_at_the_deadline(raccoon):
     assert result.best_state is not None and set(result.best_state) == set(model.state_dict())
 
 
+def test_a_run_planned_by_time_anneals_to_its_deadline_and_warms_up_within_it(raccoon):
+    model = build("ssdlite320_mobilenet_v3_large", 1)
+    loader = make_loader(raccoon, 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon.subset(2), 2, train=False)
+    # 500 warm-up steps would outlast the run: the warm-up takes at most 5 % of its time instead.
+    config = TrainConfig(pretrained=None, epochs=None, batch_size=2, warmup_steps=500, lr=1e-3, min_lr_ratio=0.01)
+    start = time.monotonic()
+    result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
+                   deadline=start + 10.0, progress=False)
+    elapsed = time.monotonic() - start
+    assert result.stopped == "time_limit" and 9.0 < elapsed < 10.5, elapsed  # the whole budget, not an epoch cap
+    lrs = [r["lr"] for r in result.history]
+    assert max(lrs) > 0.5e-3  # warmed up well within the run
+    assert lrs[-1] < 0.15e-3  # and annealed near the floor (1e-5) when its time ended
+    with pytest.raises(InputError, match="epochs=None"):
+        train(model, loader, config, CPU, progress=False)
+
+
+def test_patience_stops_a_run_whose_val_map_no_longer_improves(raccoon):
+    model = build("ssdlite320_mobilenet_v3_large", 1)
+    loader = make_loader(raccoon.subset(2), 2, train=True, augment=0.0)
+    val_loader = make_loader(raccoon.subset(2), 2, train=False)
+    # A learning rate too small to move the weights: a real plateau.
+    config = TrainConfig(pretrained=None, epochs=None, batch_size=2, warmup_steps=0, lr=1e-12, patience=3)
+    start = time.monotonic()
+    result = train(model, loader, config, CPU, val_loader=val_loader, class_names=raccoon.classes,
+                   deadline=start + 12.0, progress=False)
+    assert result.stopped == "converged" and result.history[-1]["converged"]
+    assert time.monotonic() - start < 11.0
+    # Counted only in the second half of the schedule: at least 3 validations after it.
+    assert len(result.history) >= 4
+
+
 def test_train_keeps_the_best_epoch_by_val_map(raccoon):
     model = build("ssdlite320_mobilenet_v3_large", 1)
     loader = make_loader(raccoon, 2, train=True, augment=0.0)

@@ -173,7 +173,7 @@ def test_imagenet_backbone_weights_from_cache(tmp_path, monkeypatch):
 
 
 def test_fit_resolves_auto_weights_once_and_says_why_offline(tmp_path, monkeypatch):
-    from detect_automl.api import _resolve_auto
+    from detect_automl.models.weights import resolve_pretrained as _resolve_auto
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)

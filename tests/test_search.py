@@ -15,7 +15,7 @@ import torch
 
 import detect_automl as da
 from detect_automl.leaderboard import select_best
-from detect_automl.tune.search import max_concurrent_trials
+from detect_automl.tune.plan import max_concurrent_trials
 from detect_automl.tune.space import preset_config
 
 FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2}
@@ -39,10 +39,10 @@ def test_fractional_gpus_pack_per_gpu_not_across():
 
 def test_best_trial_rule_skips_failed_trials_even_with_a_higher_map():
     board = pd.DataFrame([
-        {"trial_id": "a", "val_map": 0.9, "val_map_50": 0.9, "status": "failed: TrainingError: loss diverged"},
+        {"trial_id": "a", "val_map": 0.9, "val_map_50": 0.9, "status": "diverged", "detail": "TrainingError: loss"},
         {"trial_id": "b", "val_map": 0.4, "val_map_50": 0.6, "status": "early-stopped"},
         {"trial_id": "c", "val_map": 0.4, "val_map_50": 0.7, "status": "completed"},
-        {"trial_id": "d", "val_map": None, "val_map_50": None, "status": "not run (time limit)"},
+        {"trial_id": "d", "val_map": None, "val_map_50": None, "status": "not run", "detail": "budget"},
     ])
     assert select_best(board) == "c"  # ties on mAP broken by mAP@50
     assert select_best(board.iloc[[0, 3]]) is None
@@ -59,8 +59,8 @@ def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data
     assert len(board) == 3
     assert list(board.columns[:7]) == ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status"]
     failed = board[board["lr"] == -1.0]
-    assert len(failed) == 1 and failed.iloc[0]["status"].startswith("failed: ")
-    assert "lr must be > 0" in failed.iloc[0]["status"]
+    assert len(failed) == 1 and failed.iloc[0]["status"] == "failed"
+    assert "lr must be > 0" in failed.iloc[0]["detail"]
     ok = board[board["lr"] != -1.0]
     assert ok["val_map"].notna().all() and list(ok["val_map"]) == sorted(ok["val_map"], reverse=True)
     assert board.index[board["lr"] == -1.0][0] == 2  # unscored trials sort last
@@ -114,8 +114,9 @@ def slow_val(data):
 
 
 @pytest.mark.parametrize("num_trials", [1, 2])
-def test_time_limit_bounds_the_whole_fit_with_a_slow_validation(data, slow_val, tmp_path, num_trials):
+def test_time_limit_bounds_the_whole_fit_with_a_slow_validation(data, slow_val, tmp_path, num_trials, monkeypatch):
     """Validation time is part of the budget, in one run and in a search (with eval_every > 1)."""
+    monkeypatch.setattr("detect_automl.tune.plan.FIDELITY_FLOOR_STEPS", 1)  # a real search, however short
     train, _ = data
     limit = 40
     start = time.time()
@@ -124,7 +125,9 @@ def test_time_limit_bounds_the_whole_fit_with_a_slow_validation(data, slow_val, 
     elapsed = time.time() - start
     assert elapsed <= limit * 1.05, f"fit took {elapsed:.1f} s for time_limit={limit}"
     board = detector.leaderboard()
-    assert (board["status"] == "stopped (time limit)").any() and board["val_map"].notna().all()
+    ended = board[board["epochs"] > 0]
+    assert ((ended["status"] == "completed") & ended["detail"].str.startswith("time limit")).any()
+    assert ended["val_map"].notna().all()
     history = detector.history[board.iloc[0]["trial_id"]]
     validated = [r["epoch"] for r in history if "val_map" in r]
     assert validated and all(e % 2 == 0 for e in validated[:-1])  # every 2nd epoch, and the last
@@ -134,10 +137,16 @@ def test_time_limit_bounds_the_whole_fit_with_a_slow_validation(data, slow_val, 
 def test_every_trial_failing_raises_one_error_listing_why(data, tmp_path):
     train, val = data
     with pytest.raises(da.SearchError) as info:
-        da.fit(train, val, time_limit=60, num_trials=2, hyperparameters={**FIXED, "model": "no_such_model"},
-               output_dir=tmp_path, progress=False)
+        da.fit(train, val, time_limit=60, num_trials=1, hyperparameters=FIXED, output_dir=tmp_path,
+               search_space={"lr": {"grid_search": [-1.0, -2.0]}}, progress=False)
     message = str(info.value)
-    assert message.count("unknown model 'no_such_model'") == 2 and "trials in" in message
+    assert message.count("lr must be > 0") == 2 and message.count("): failed: ") == 2 and "trials in" in message
+    # A model that does not exist fails before any trial starts: the plan's probe builds it.
+    start = time.time()
+    with pytest.raises(da.ModelError, match="unknown model 'no_such_model'"):
+        da.fit(train, val, time_limit=60, num_trials=2, hyperparameters={**FIXED, "model": "no_such_model"},
+               output_dir=tmp_path / "other", progress=False)
+    assert time.time() - start < 20
 
 
 def test_gpu_request_without_gpus_fails_fast(data, tmp_path):
@@ -226,31 +235,32 @@ def test_resume_without_a_previous_search_says_so(data, tmp_path):
 
 
 def test_leftover_time_continues_the_best_trial_from_its_weights(data):
-    from detect_automl import api
+    from detect_automl.budget import Budget
     from detect_automl.config import TrainConfig
-    from detect_automl.leaderboard import leaderboard_row, sort_leaderboard
+    from detect_automl.leaderboard import TrialStatus, leaderboard_row, sort_leaderboard
     from detect_automl.models.registry import build
+    from detect_automl.tune.leader import continue_best
 
     train, val = data
     config = TrainConfig(model="ssdlite320_mobilenet_v3_large", **FIXED)
     detector = build(config.model, len(train.classes), pretrained=None)
     before = {k: v.clone() for k, v in detector.state_dict().items()}
-    history = {"t0": [{"epoch": 1, "val_map": 0.0, "val_map_50": 0.0}],
+    history = {"t0": [{"epoch": 1, "val_map": 0.0, "val_map_50": 0.0, "time_limit_hit": True}],
                "t1": [{"epoch": 1, "val_map": -1.0, "val_map_50": 0.0}]}
-    rows = [leaderboard_row("t0", config.to_dict(), history["t0"], 5.0, "stopped (time limit)"),
-            leaderboard_row("t1", config.to_dict(), history["t1"], 5.0, "early-stopped")]
+    rows = [leaderboard_row("t0", config.to_dict(), history["t0"], 5.0, TrialStatus.COMPLETED, "time limit"),
+            leaderboard_row("t1", config.to_dict(), history["t1"], 5.0, TrialStatus.EARLY_STOPPED)]
     board = sort_leaderboard(rows)
     metrics = {"map": 0.0, "map_50": 0.0, "trial_id": "t0"}
 
     # Too little time left: nothing changes.
-    same, same_metrics = api._continue_best(detector, config, train, val, board, history, metrics,
-                                            time.time() + 5, 100, False)
+    same, same_metrics = continue_best(detector, config, train, val, board, history, metrics,
+                                       Budget.from_seconds(5), 100, False, 0.0)
     assert same is board and same_metrics is metrics
 
-    board, metrics = api._continue_best(detector, config, train, val, board, history, metrics,
-                                        time.time() + 40, 100, False)
+    board, metrics = continue_best(detector, config, train, val, board, history, metrics,
+                                   Budget.from_seconds(40), 100, False, 0.0)
     row = board[board["trial_id"] == "t0"].iloc[0]
-    assert row["status"].endswith("(continued)") and 1 < row["epochs"] <= config.epochs
+    assert row["detail"].endswith("continued with the time left") and 1 < row["epochs"] <= config.epochs
     assert [r["epoch"] for r in history["t0"]] == list(range(1, row["epochs"] + 1))  # epochs numbered on
     assert row["seconds"] > 5.0 and board.iloc[0]["trial_id"] == "t0"
     new_best = max((r["val_map"], r["val_map_50"]) for r in history["t0"][1:])
@@ -266,7 +276,7 @@ def test_optuna_searcher_runs_the_default_first_then_its_own_samples(data, tmp_p
     detector = da.fit(train, val, time_limit=120, num_trials=2, searcher="optuna", seed=3,
                       hyperparameters={**FIXED, "epochs": 2}, output_dir=tmp_path, progress=False)
     board = detector.leaderboard()
-    assert len(board) == 2 and not board["status"].str.startswith("failed").any()
+    assert len(board) == 2 and not board["status"].isin(["failed", "diverged"]).any()
     default = preset_config("medium_quality", gpu=False)  # tried first, as with the random searcher
     tried = sorted(zip(board["lr"], board["augment"]))
     assert (default.lr, default.augment) in tried
@@ -341,7 +351,7 @@ def test_data_workers_follow_the_cpus_a_run_has():
 
 
 def test_the_best_trial_continues_only_on_the_kind_of_device_it_trained_on(monkeypatch):
-    from detect_automl.api import _continuation_device
+    from detect_automl.tune.leader import continuation_device as _continuation_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only driver of a GPU cluster
     assert _continuation_device(0.5) is None
@@ -355,3 +365,19 @@ def test_a_search_without_validation_images_fails_before_it_starts(data, tmp_pat
     with pytest.raises(da.DatasetError, match="validation dataset has no images"):
         da.fit(train, val.subset(0), time_limit=60, num_trials=2, hyperparameters=FIXED, output_dir=tmp_path,
                progress=False)
+
+
+def test_a_search_the_budget_cannot_carry_trains_the_default_alone_for_the_whole_time(data, tmp_path):
+    train, val = data
+    hyper = {k: v for k, v in FIXED.items() if k != "epochs"}  # no cap: planned to the time limit
+    start = time.time()
+    with pytest.warns(UserWarning, match=r"carries 1 of the 3 trials asked; time_limit >= \d+ s would run all"):
+        detector = da.fit(train, val, time_limit=20, num_trials=3, hyperparameters=hyper, output_dir=tmp_path,
+                          progress=False)
+    elapsed = time.time() - start
+    assert 20 * 0.8 < elapsed <= 20 * 1.05, elapsed  # the whole budget trained, no Ray started
+    board = detector.leaderboard()
+    assert list(board["status"]) == ["completed", "not run", "not run"]
+    assert list(board["detail"]) == ["time limit", "budget", "budget"]
+    assert board.iloc[0]["epochs"] > 1 and pd.isna(board.iloc[0]["max_epochs"])
+    assert detector.config.lr == preset_config("medium_quality", gpu=False).lr  # the preset's default

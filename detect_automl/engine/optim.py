@@ -8,7 +8,10 @@ import time
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "WarmupCosine", "ModelEma", "amp_dtype"]
+__all__ = ["build_optimizer", "WarmupCosine", "ModelEma", "amp_dtype", "WARMUP_TIME_FRACTION"]
+
+WARMUP_TIME_FRACTION = 0.05
+"""The most of a time budget the learning-rate warm-up takes."""
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
@@ -30,15 +33,19 @@ class WarmupCosine:
     """LR factor: linear warm-up, then cosine to ``min_ratio``.
 
     Progress is the larger of steps done / planned steps and time used / time budget, so a run
-    cut short by its deadline still ends its schedule at a low learning rate. ``offset`` is the
-    progress a continued run had already reached: the rest of the cosine is spread over this
-    call's steps and time, with no new warm-up when ``done_steps`` already covers it.
+    planned by time (``total_steps=None``) or cut short by its deadline ends its schedule at the
+    floor exactly when its time ends. ``offset`` is the progress a continued run had already
+    reached: the rest of the cosine is spread over this call's steps and time, with no new
+    warm-up when ``done_steps`` already covers it.
     """
 
-    def __init__(self, optimizer, total_steps: int, warmup_steps: int, min_ratio: float,
+    def __init__(self, optimizer, total_steps: int | None, warmup_steps: int, min_ratio: float,
                  start: float, deadline: float | None, *, offset: float = 0.0, done_steps: int = 0) -> None:
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = max(0, min(warmup_steps, self.total_steps // 4) - done_steps)
+        if total_steps is None and deadline is None:
+            raise ValueError("a schedule needs a number of steps or a deadline")
+        self.total_steps = None if total_steps is None else max(1, total_steps)
+        cap = warmup_steps if self.total_steps is None else self.total_steps // 4
+        self.warmup_steps = max(0, min(warmup_steps, cap) - done_steps)
         self.min_ratio = min_ratio
         self.start, self.deadline = start, deadline
         self.offset = min(1.0, max(0.0, offset))
@@ -49,18 +56,32 @@ class WarmupCosine:
             group["initial_lr"] = base  # a continued optimizer's groups keep their peak rate here
         self._apply()
 
+    def _time_used(self) -> float:
+        """Fraction of the time budget used (0 without a deadline)."""
+        if self.deadline is None:
+            return 0.0
+        return (time.monotonic() - self.start) / max(1e-9, self.deadline - self.start)
+
+    def _warmed(self) -> float:
+        """How far the warm-up is, in [0, 1]: by steps, or by time (it never takes more than
+        ``WARMUP_TIME_FRACTION`` of a time budget, however slow the steps)."""
+        if self.step_count >= self.warmup_steps:
+            return 1.0
+        return min(1.0, max(self.step_count / self.warmup_steps, self._time_used() / WARMUP_TIME_FRACTION))
+
     def progress(self) -> float:
         """Fraction of the cosine done, in [0, 1] (``offset`` during warm-up)."""
-        if self.step_count < self.warmup_steps:
+        if self._warmed() < 1.0:
             return self.offset
-        done = (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
-        if self.deadline is not None:
-            done = max(done, (time.monotonic() - self.start) / max(1e-9, self.deadline - self.start))
+        done = 0.0 if self.total_steps is None else \
+            (self.step_count - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)
+        done = max(done, self._time_used())
         return min(1.0, self.offset + (1.0 - self.offset) * done)
 
     def factor(self) -> float:
-        if self.step_count < self.warmup_steps:
-            return 0.001 + (1 - 0.001) * self.step_count / self.warmup_steps
+        warmed = self._warmed()
+        if warmed < 1.0:
+            return 0.001 + (1 - 0.001) * warmed
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress()))
 
     def _apply(self) -> None:

@@ -23,7 +23,8 @@ class TrainResult:
             this process, or the last epoch's when none was validated here.
         best_metrics: the validation metrics of the best epoch ({} without validation); kept
             across a resume and an out-of-memory retry.
-        stopped: "epochs" (all done) or "time_limit".
+        stopped: "epochs" (all done), "time_limit" (its time ended; the planned end without an
+            epoch cap) or "converged" (val mAP stopped improving: ``TrainConfig.patience``).
     """
 
     history: list[dict] = field(default_factory=list)
@@ -58,8 +59,9 @@ class TrainState:
         """The weights that are validated, checkpointed and returned: the average, or the model."""
         return self.model if self.ema is None else self.ema.module
 
-    def schedule(self, planned_steps: int, start: float, deadline: float | None) -> WarmupCosine:
-        """The learning-rate schedule for the rest of the run, from where the state stands."""
+    def schedule(self, planned_steps: int | None, start: float, deadline: float | None) -> WarmupCosine:
+        """The learning-rate schedule for the rest of the run, from where the state stands:
+        over ``planned_steps``, or planned by time to end at ``deadline`` when that is None."""
         return WarmupCosine(self.optimizer, planned_steps, self.config.warmup_steps, self.config.min_lr_ratio,
                             start, deadline, offset=self.progress, done_steps=self.steps)
 

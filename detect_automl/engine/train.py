@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from typing import Callable, Iterable
@@ -12,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
-from ..errors import TrainingError
+from ..errors import InputError, TrainingError
 from .evaluate import evaluate, validation_seconds_per_image
 from .optim import ModelEma, WarmupCosine, build_optimizer
 from .state import TrainResult, TrainState
@@ -131,7 +132,14 @@ def train(
     state: TrainState | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``model`` for ``config.epochs`` epochs or until ``deadline`` (``time.monotonic()``).
+    """Train ``model`` until ``deadline`` (``time.monotonic()``), or for ``config.epochs`` epochs.
+
+    With a deadline and ``config.epochs=None`` the run is planned by time: the learning rate
+    warms up, then decays along a cosine that reaches its floor when the training time ends
+    (the deadline less the last validation); a number of epochs is then only a cap. Without a
+    deadline the schedule is planned over ``config.epochs``. With ``config.patience``, a run whose
+    val mAP has not improved for that many validations in the second half of its schedule stops
+    (``result.stopped == "converged"``).
 
     Validation (COCO mAP, in fp32) runs every ``config.eval_every`` epochs and after the last.
     Its time is part of the budget: measured per image on one batch before training, it is kept
@@ -144,20 +152,26 @@ def train(
     which the Ray trainable reports and checkpoints; the time it takes is kept back too.
     ``state`` continues a run (a resumed checkpoint, or an out-of-memory retry at a smaller batch).
     """
+    epochs = config.epochs
+    if epochs is None and deadline is None:
+        raise InputError("epochs=None trains until a deadline: give a time limit or a number of epochs")
     state = state if state is not None else TrainState(model, config, device)
     result = state.result
     start = time.monotonic()
-    scheduler = state.schedule(len(train_loader) * max(1, config.epochs - state.epoch), start, deadline)
     clock = _ValidationClock(state.kept, val_loader, device) if val_loader is not None else None
+    final_validation = 0.0 if clock is None or deadline is None else min(clock.full(), 0.25 * (deadline - start))
+    scheduler = state.schedule(None if epochs is None else len(train_loader) * max(1, epochs - state.epoch),
+                               start, None if deadline is None else deadline - final_validation)
     report_seconds = 0.0  # what on_epoch (report, checkpoint) took last time
-    for epoch in range(state.epoch + 1, config.epochs + 1):
+    stale = 0  # validations in the second half of the schedule without a new best
+    for epoch in itertools.count(state.epoch + 1) if epochs is None else range(state.epoch + 1, epochs + 1):
         reserve = report_seconds + (0.0 if clock is None or deadline is None else
                                     min(clock.full(), 0.25 * (deadline - start)))
         epoch_deadline = None if deadline is None else deadline - reserve
         stats = train_one_epoch(state.model, state.optimizer, train_loader, device, scheduler=scheduler,
                                 ema=state.ema, amp_dtype=state.amp_dtype, scaler=state.scaler,
                                 grad_clip=config.grad_clip, deadline=epoch_deadline, progress=progress,
-                                desc=f"epoch {epoch}/{config.epochs}")
+                                desc=f"epoch {epoch}" + ("" if epochs is None else f"/{epochs}"))
         if stats["steps"] == 0 and state.epoch > 0:
             result.stopped = "time_limit"
             break
@@ -167,21 +181,25 @@ def train(
                   "train_seconds": stats["seconds"], "lr": state.optimizer.param_groups[0]["lr"]}
         # Out of time: the deadline cut this epoch, or after this epoch's validation (if it has one)
         # not even one more step would fit; then this epoch's validation is the last one.
-        validating = clock is not None and (epoch == config.epochs or epoch % config.eval_every == 0)
+        validating = clock is not None and (epoch == epochs or epoch % config.eval_every == 0)
         step_seconds = stats["seconds"] / max(1, stats["steps"])
         out_of_time = stats["deadline_hit"] or (epoch_deadline is not None and time.monotonic() + step_seconds
                                                 + (clock.full() if validating else 0.0) >= epoch_deadline)
         if clock is not None and (validating or out_of_time):
             _validate(state, val_loader, class_names or [], clock, record,
                       None if deadline is None else deadline - report_seconds)
+            if "val_map" in record and state.progress >= 0.5:
+                stale = 0 if record["is_best"] else stale + 1
         record["time_limit_hit"] = out_of_time
+        converged = config.patience is not None and stale >= config.patience and not out_of_time
+        record["converged"] = converged
         result.history.append(record)
         if on_epoch is not None:
             called = time.monotonic()
             on_epoch(record, state)
             report_seconds = 1.5 * (time.monotonic() - called)
-        if out_of_time:
-            result.stopped = "time_limit"
+        if out_of_time or converged:
+            result.stopped = "converged" if converged else "time_limit"
             break
     if result.best_state is None:
         result.best_state = _cpu_state(state.kept)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..budget import Budget
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..data.loader import make_loader
@@ -19,6 +20,21 @@ from .train import TrainResult, seed_everything, train
 __all__ = ["TrialOutcome", "default_device", "data_workers", "run_trial"]
 
 log = logging.getLogger(__name__)
+
+CACHE_BYTES = 2 * 2**30
+"""At most this many bytes of decoded training images are kept in memory by a run that loads
+them in its own process: a small dataset is decoded once, a large one partly."""
+
+
+def _cache_bytes(cpus: float | None) -> int:
+    """The run's cache: at most :data:`CACHE_BYTES` and its CPUs' share of a fifth of the memory
+    free when it starts, so that trials of one CPU each on a many-core node stay well within it."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no cache
+        return 0
+    share = 1.0 if cpus is None else min(1.0, float(cpus) / (os.cpu_count() or 1))
+    return int(min(CACHE_BYTES, 0.2 * free * share))
 
 
 @dataclass
@@ -54,7 +70,7 @@ def run_trial(
     *,
     device: torch.device | None = None,
     cpus: float | None = None,
-    deadline: float | None = None,
+    budget: Budget | None = None,
     on_epoch=None,
     resume: dict | None = None,
     progress: bool = True,
@@ -66,11 +82,13 @@ def run_trial(
     (optimizer, schedule, weight average, best mAP, next epoch); a dict with only
     ``state_dict`` and ``epoch`` starts from those weights with a fresh optimizer and schedule,
     numbering epochs on. ``cpus`` sizes the data workers when ``config.num_workers`` is None.
+    With a ``budget``, training is planned to end with it (:func:`~detect_automl.engine.train.train`).
 
     Out of GPU memory, the batch is halved (down to 1) and training goes on from the state it
     had reached, its best epoch kept; each epoch's record says the batch it used.
     """
     start = time.monotonic()
+    deadline = None if budget is None else budget.monotonic()
     device = device or default_device()
     seed_everything(config.seed)
     # A resumed run has its weights: build the architecture it was trained in, without reading any.
@@ -89,7 +107,7 @@ def run_trial(
         # Training images larger than twice what the model looks at are shrunk before augmentation.
         train_loader = make_loader(train_data, batch_size, train=True, augment=config.augment, num_workers=workers,
                                    seed=config.seed, max_side=2 * detector.input_side,
-                                   pin_memory=device.type == "cuda")
+                                   pin_memory=device.type == "cuda", cache_bytes=0 if workers else _cache_bytes(cpus))
         try:
             result = train(detector, train_loader, config, device, val_loader=val_loader,
                            class_names=list(train_data.classes), deadline=deadline, on_epoch=on_epoch,

@@ -20,7 +20,7 @@ from .weights import ensure_weights, load_state_dict_file, placeholder_weights
 
 __all__ = ["ModelSpec", "register_model", "list_models", "get_spec", "build"]
 
-log = logging.getLogger("detect_automl")
+log = logging.getLogger(__name__)
 
 
 

@@ -29,7 +29,7 @@ class DefaultKeepingASHA(ASHAScheduler):
         return action
 
 
-def make_scheduler(epochs: int, grace_epochs: int, trial_budget: float | None, *, queued: bool = True,
+def make_scheduler(epochs: int | None, grace_epochs: int, trial_budget: float | None, *, queued: bool = True,
                    protected: dict | None = None) -> TrialScheduler:
     """ASHA on wall time when trials are time-bounded (rungs at 1/4, 1/2, 1 of a trial's share),
     on epochs otherwise; a trial below the median at a rung stops and its slot goes to the next.
@@ -38,7 +38,7 @@ def make_scheduler(epochs: int, grace_epochs: int, trial_budget: float | None, *
     Without ``queued`` trials (every trial has a slot from the start) a stopped trial's slot would
     stay idle, so nothing is stopped early: every trial trains until it ends or the deadline.
     """
-    if not queued:
+    if not queued or (trial_budget is None and epochs is None):  # nothing waits, or no rung to measure on
         return FIFOScheduler()
     if trial_budget is not None:
         return DefaultKeepingASHA(protected, time_attr="time_total_s", max_t=trial_budget * 2,

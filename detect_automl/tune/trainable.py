@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from ..budget import Budget
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..engine.state import TrainState
@@ -39,31 +39,35 @@ def train_trial(
     train_data: Dataset,
     val_data: Dataset,
     base: dict,
-    deadline_wall: float | None,
+    budget: Budget | None,
     trial_seconds: float | None = None,
+    default: dict | None = None,
+    default_seconds: float | None = None,
 ) -> None:
-    """Train one sampled configuration inside a Ray Tune trial.
+    """Train one configuration inside a Ray Tune trial.
 
     Args:
-        params: the values Tune sampled for this trial (TrainConfig fields).
+        params: the values Tune chose for this trial (TrainConfig fields).
         train_data, val_data: shipped once through Ray's object store (``tune.with_parameters``).
         base: the fixed TrainConfig fields (preset merged with the user's hyperparameters).
-        deadline_wall: ``time.time()`` by which the trial must have stopped (wall clock, so it
-            holds on every node of a cluster).
-        trial_seconds: the trial's own time budget from its start (the search's share for
-            one trial), or None for "until ``deadline_wall``".
+        budget: the search's budget (a wall-clock deadline, the same on every node of a cluster).
+        trial_seconds: the plan's time for one trial from its start, or None for "until
+            ``budget`` ends".
+        default: the preset's default point (the searched keys' values), which trains for
+            ``default_seconds`` instead (None: until ``budget`` ends).
 
-    Each validated epoch reports ``val_map``, ``val_map_50``, ``loss``, ``epoch``,
-    ``time_limit_hit``, the batch used, the Ray ``node_id`` and the ``device`` type, with a checkpoint of the whole
-    training state (:meth:`TrainState.checkpoint`). Tune keeps the best checkpoint by
-    ``val_map`` and the latest; a resumed trial continues from the latest with its next epoch.
-    Epochs without validation (``eval_every`` > 1, or no time left to validate) report nothing:
-    Tune ranks on ``val_map`` and rejects a result without it.
+    The trial's schedule is planned to its own deadline. Each validated epoch reports
+    ``val_map``, ``val_map_50``, ``loss``, ``epoch``, ``time_limit_hit``, ``converged``, the batch
+    used, the Ray ``node_id`` and the ``device`` type, with a checkpoint of the whole training
+    state (:meth:`TrainState.checkpoint`). Tune keeps the best checkpoint by ``val_map`` and the
+    latest; a resumed trial continues from the latest with its next epoch. Epochs without
+    validation (``eval_every`` > 1, or no time left to validate) report nothing: Tune ranks on
+    ``val_map`` and rejects a result without it.
     """
     import ray
     from ray import tune
 
-    if deadline_wall is not None and time.time() >= deadline_wall - REPORT_MARGIN:
+    if budget is not None and budget.expired(REPORT_MARGIN):
         return  # started after the deadline: nothing to report (shown as "not run")
     config = TrainConfig.from_dict({**base, **params})
     resume = None
@@ -71,8 +75,8 @@ def train_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    ends = [t for t in (deadline_wall, None if trial_seconds is None else time.time() + trial_seconds) if t]
-    deadline = time.monotonic() + (min(ends) - time.time()) - REPORT_MARGIN if ends else None
+    is_default = default is not None and all(params.get(k) == v for k, v in default.items())
+    own = None if budget is None else budget.share(default_seconds if is_default else trial_seconds).minus(REPORT_MARGIN)
 
     context = ray.get_runtime_context()
     node, device = context.get_node_id(), trial_device()
@@ -80,11 +84,12 @@ def train_trial(
     def report(record: dict, state: TrainState) -> None:
         if "val_map" not in record:
             return
-        metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"], "node_id": node,
-                   "device": device.type, "batch_size_used": record["batch_size"]}
+        metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"],
+                   "converged": record.get("converged", False), "node_id": node, "device": device.type,
+                   "batch_size_used": record["batch_size"]}
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.checkpoint(), Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
-              deadline=deadline, on_epoch=report, resume=resume, progress=False)
+              budget=own, on_epoch=report, resume=resume, progress=False)

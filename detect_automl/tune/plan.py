@@ -1,0 +1,348 @@
+"""The search plan: computed before any trial starts, from the time budget and the hardware.
+
+It decides how many of the asked trials the budget carries at a useful fidelity, how many run
+at once and with what resources, and how long each one trains. The preset's default keeps a
+slot for the whole search; the portfolio's configurations, then sampled ones, share the other
+slots. A trial that could not train for at least :data:`FIDELITY_FLOOR_STEPS` optimizer steps
+is not run: its rank would be noise (benchmarks/README.md, "Search plan").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..budget import Budget
+from ..config import TrainConfig
+from ..data.dataset import Dataset
+from ..errors import InputError, SearchError
+
+__all__ = ["FIDELITY_FLOOR_STEPS", "Hardware", "Probe", "SearchPlan", "SearchRequest", "make_plan",
+           "max_concurrent_trials", "plan_search", "probe", "trial_resources"]
+
+log = logging.getLogger(__name__)
+
+FIDELITY_FLOOR_STEPS = 1500
+"""Optimizer steps a trial needs before its validation mAP ranks it (benchmarks/README.md,
+"Search plan": rank correlation of rung-k val mAP with the final one, per k)."""
+
+SEARCH_OVERHEAD_S = 10.0
+"""Seconds of a search's budget its trials cannot train in: Ray's start and a worker's start
+per slot (``fit`` keeps the wrap-up and the save apart, after the search's budget)."""
+
+THREAD_SPEEDUP = 1.4
+"""How much faster a CPU step runs on twice the threads (the design notes' table: 1.35-1.9 for the
+CPU models at batch 2, 2 cores); a trial given fewer CPUs than the probe had is assumed this much
+slower per halving."""
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the trials can use: CPUs, GPUs (per node, for packing fractions) and GPU memory."""
+
+    cpus: float
+    gpus: float
+    gpus_per_node: tuple[float, ...] = ()
+    gpu_memory: int | None = None
+
+    @classmethod
+    def local(cls) -> Hardware:
+        """This machine, as a local Ray would see it."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        memory = torch.cuda.get_device_properties(0).total_memory if gpus else None
+        return cls(float(cpus), float(gpus), (float(gpus),), memory)
+
+    @classmethod
+    def of_cluster(cls, address: str) -> Hardware:
+        """The Ray cluster at ``address`` (connects and disconnects: a few seconds)."""
+        import ray
+
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        try:
+            return cls.of_ray()
+        finally:
+            ray.shutdown()
+
+    @classmethod
+    def of_ray(cls) -> Hardware:
+        """The Ray cluster this process is connected to (``ray.init`` done)."""
+        import ray
+
+        total = ray.cluster_resources()
+        per_node = tuple(float(n["Resources"].get("GPU", 0.0)) for n in ray.nodes() if n.get("Alive"))
+        memory = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+        return cls(float(total.get("CPU", 0.0)), float(total.get("GPU", 0.0)), per_node, memory)
+
+
+def max_concurrent_trials(num_cpus: float, num_gpus: float, cpus_per_trial: float, gpus_per_trial: float,
+                          gpus_per_node: list[float] | None = None) -> int:
+    """How many trials fit at once. Fractional GPUs pack per GPU, never across GPUs.
+
+    >>> max_concurrent_trials(64, 8, 1, 0.15)   # 6 per GPU x 8 GPUs
+    48
+    """
+    by_cpu = math.floor(num_cpus / cpus_per_trial + 1e-9) if cpus_per_trial > 0 else 10**6
+    if gpus_per_trial <= 0:
+        return max(0, by_cpu)
+    gpus = gpus_per_node or [num_gpus]
+    if gpus_per_trial < 1:
+        per_gpu = math.floor(1 / gpus_per_trial + 1e-9)
+        by_gpu = sum(per_gpu * math.floor(g + 1e-9) for g in gpus)
+    else:
+        by_gpu = sum(math.floor(g / gpus_per_trial + 1e-9) for g in gpus)
+    return max(0, min(by_cpu, by_gpu))
+
+
+def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_trial: float | None,
+                    gpu_share: float = 1.0) -> tuple[float, float, int]:
+    """(CPUs, GPUs) per trial and how many trials run at once, checked against ``hardware``.
+
+    ``gpus_per_trial=None`` on a machine with GPUs takes ``gpu_share`` (the plan's fraction from
+    the probe's memory); CPUs default to an even split per GPU slot, or 1 per trial without GPUs.
+    """
+    gpus = (gpu_share if hardware.gpus >= 1 else 0.0) if gpus_per_trial is None else float(gpus_per_trial)
+    if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
+        raise InputError(f"gpus_per_trial must be 0, a fraction below 1 or a whole number, got {gpus_per_trial}")
+    if gpus > 0 and hardware.gpus < min(gpus, 1.0):
+        raise SearchError(f"gpus_per_trial={gpus} but the Ray cluster has {hardware.gpus:g} GPUs: the trials would "
+                          "wait forever; pass gpus_per_trial=0 to train on CPUs")
+    per_node = list(hardware.gpus_per_node) or None
+    if gpus > 0:
+        slots = max_concurrent_trials(10**6, hardware.gpus, 0, gpus, per_node)
+        cpus = max(1.0, math.floor(hardware.cpus / max(1, slots))) if cpus_per_trial is None else float(cpus_per_trial)
+    else:
+        cpus = 1.0 if cpus_per_trial is None else float(cpus_per_trial)
+    if cpus > hardware.cpus:
+        raise SearchError(f"cpus_per_trial={cpus:g} but the Ray cluster has {hardware.cpus:g} CPUs")
+    return cpus, gpus, max(1, max_concurrent_trials(hardware.cpus, hardware.gpus, cpus, gpus, per_node))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Seconds per training step of one configuration, measured here, and its GPU memory peak."""
+
+    step_seconds: float
+    threads: int
+    peak_gpu_bytes: int = 0
+    seconds: float = 0.0
+
+
+def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int = 3) -> Probe:
+    """Time ``steps`` training steps of ``config`` on ``train``'s first images (after one warm-up
+    step), with the real decoding and augmentation; a few seconds on a CPU for SSDlite."""
+    from ..data.loader import make_loader
+    from ..engine.state import TrainState
+    from ..engine.train import train_one_epoch
+    from ..models import build
+
+    start = time.monotonic()
+    detector = build(config.model, len(train.classes), pretrained=config.pretrained, image_size=config.image_size,
+                     load_pretrained=False)
+    state = TrainState(detector, config.replace(ema_decay=0.0), device)
+    images = train.subset(min(len(train), config.batch_size * (steps + 1)))
+
+    def run(subset: Dataset) -> dict:
+        loader = make_loader(subset, config.batch_size, train=True, augment=config.augment, num_workers=0,
+                             seed=config.seed, max_side=2 * detector.input_side)
+        return train_one_epoch(state.model, state.optimizer, loader, device, amp_dtype=state.amp_dtype,
+                               scaler=state.scaler, grad_clip=config.grad_clip)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    run(images.subset(min(len(images), config.batch_size)))  # warm-up: allocations, kernels
+    timed = run(images)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
+    del state, detector
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    step = timed["seconds"] / max(1, timed["steps"])
+    return Probe(step, torch.get_num_threads(), int(peak), time.monotonic() - start)
+
+
+def gpu_share(peak_bytes: int, total_bytes: int | None, trials: int, gpus: float) -> float:
+    """The GPU fraction per trial: 1, 1/2 or 1/4, as many trials per GPU as memory holds (with
+    headroom for larger batches of augmented images) when more trials are asked than GPUs."""
+    if not total_bytes or not peak_bytes or trials <= max(1.0, gpus):
+        return 1.0
+    fits = int(0.7 * total_bytes // (1.5 * peak_bytes))
+    per_gpu = min(4, fits, math.ceil(trials / max(1.0, gpus)))
+    return 1.0 / (4 if per_gpu >= 4 else 2 if per_gpu >= 2 else 1)
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How a search spends its budget (``fit`` prints :meth:`describe` before it starts).
+
+    Attributes:
+        asked: the ``num_trials`` asked.
+        num_run: trials that run: the default first, then the portfolio, then samples.
+        concurrency: trials at once; cpus_per_trial / gpus_per_trial their resources.
+        default_seconds: the default trial's time (its slot for the whole search), None without
+            a budget; trial_seconds: each other trial's share.
+        trial_steps: optimizer steps the probe expects a non-default trial to get.
+        step_seconds: a trial's seconds per step, from the probe (None when not probed).
+        needed_seconds: the search budget that would run every asked trial (None: all run);
+            ``fit`` turns it into a ``time_limit``.
+        floor_steps: the fidelity floor the plan applied (steps a trial needs to be ranked).
+    """
+
+    asked: int
+    num_run: int
+    concurrency: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    default_seconds: float | None = None
+    trial_seconds: float | None = None
+    trial_steps: int | None = None
+    step_seconds: float | None = None
+    needed_seconds: float | None = None
+    floor_steps: int = FIDELITY_FLOOR_STEPS
+
+    @property
+    def not_run(self) -> int:
+        """Trials the budget does not carry (shown as ``not run`` with detail ``budget``)."""
+        return self.asked - self.num_run
+
+    def describe(self, needed_time_limit: float | None = None) -> str:
+        """A few lines for the user: what runs, where, for how long, and what does not
+        (with the ``time_limit`` that would run it all, when the caller knows it)."""
+        if self.num_run == 1:
+            lines = [f"search plan: 1 of {self.asked} trials, the preset's default"
+                     + ("" if self.default_seconds is None else f", for {self.default_seconds:.0f} s")]
+        else:
+            where = f"{self.cpus_per_trial:g} CPU" + (f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else "")
+            lines = [f"search plan: {self.num_run} of {self.asked} trials, {self.concurrency} at a time ({where} each)"]
+            if self.default_seconds is not None:
+                lines.append(f"  the preset's default trains for {self.default_seconds:.0f} s; the {self.num_run - 1} "
+                             f"others (portfolio first, then samples) about {self.trial_seconds:.0f} s each"
+                             + (f" (~{self.trial_steps} steps)" if self.trial_steps else ""))
+        if self.not_run:
+            lines.append(f"  not run (budget): {self.not_run} (each would get under {self.floor_steps} steps, too few "
+                         f"to rank it)" + ("" if needed_time_limit is None else
+                                           f"; time_limit >= {needed_time_limit:.0f} s would run all {self.asked}"))
+        return "\n".join(lines)
+
+
+def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: float, gpus_per_trial: float,
+              step_seconds: float | None, *, max_steps: int | None = None, overhead: float = SEARCH_OVERHEAD_S,
+              floor_steps: int | None = None) -> SearchPlan:
+    """The plan for ``asked`` trials in ``seconds`` on ``slots`` parallel slots.
+
+    The default trial keeps one slot for the whole time (with a single slot, at least half of
+    it, the others following it); the other trials share what is left equally, each needing
+    ``floor_steps`` steps of ``step_seconds``. As many as that carries run, in order; the rest
+    are not run. Without a step time (a grid, a resumed search) every asked trial runs with an
+    equal share; without a budget, trained by epochs as before. ``floor_steps`` defaults to
+    :data:`FIDELITY_FLOOR_STEPS`; a trial capped at ``max_steps`` (the user's ``epochs``) needs
+    no more than those.
+    """
+    floor_steps = FIDELITY_FLOOR_STEPS if floor_steps is None else floor_steps
+    floor_steps = floor_steps if max_steps is None else max(1, min(floor_steps, max_steps))
+    concurrency = max(1, min(slots, asked))
+    resources = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, floor_steps=floor_steps)
+    if seconds is None:
+        return SearchPlan(asked, asked, concurrency, **resources)
+    usable = max(0.0, seconds - overhead)
+    if step_seconds is None:  # not probed: every trial gets an equal share of the slots' time
+        share = usable * concurrency / asked
+        return SearchPlan(asked, asked, concurrency, default_seconds=share, trial_seconds=share, **resources)
+    floor_seconds = floor_steps * step_seconds * 1.1  # + validations
+    if asked == 1:
+        return SearchPlan(1, 1, 1, default_seconds=usable, step_seconds=step_seconds, **resources)
+    if slots >= 2:
+        others = min(asked - 1, int((slots - 1) * usable // floor_seconds))
+        default_seconds = usable
+        share = min(usable, (slots - 1) * usable / max(1, others))
+    else:  # one slot: the default first, with at least half the time, then the others in turn
+        others = min(asked - 1, int(usable / 2 // floor_seconds))
+        default_seconds = max(usable / 2, usable - others * floor_seconds)
+        share = (usable - default_seconds) / max(1, others)
+    needed = None
+    if others < asked - 1:
+        needed = (asked - 1) * floor_seconds / (slots - 1) if slots >= 2 else 2 * (asked - 1) * floor_seconds
+        needed = math.ceil(needed + overhead)
+    if others == 0:
+        return SearchPlan(asked, 1, 1, default_seconds=usable, step_seconds=step_seconds, needed_seconds=needed,
+                          **resources)
+    return SearchPlan(asked, others + 1, max(1, min(slots, others + 1)), default_seconds=default_seconds,
+                      trial_seconds=share, trial_steps=round(share / (step_seconds * 1.1)), step_seconds=step_seconds,
+                      needed_seconds=needed, **resources)
+
+
+def trial_step_seconds(measured: Probe, cpus_per_trial: float, gpus_per_trial: float) -> float:
+    """A trial's seconds per step from the probe's: slower on fewer CPU threads than the probe
+    had; on a shared GPU, as if the trials sharing it took turns (a pessimistic bound)."""
+    if gpus_per_trial > 0:
+        return measured.step_seconds / min(1.0, gpus_per_trial)
+    halvings = math.log2(max(1.0, measured.threads / max(1.0, cpus_per_trial)))
+    return measured.step_seconds * THREAD_SPEEDUP ** halvings
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """What ``fit`` asks of a search: the merged base configuration, the searched space, the
+    first points (the preset's default, then its portfolio) and the user's search arguments."""
+
+    base: TrainConfig
+    space: dict
+    points: list[dict]
+    num_trials: int
+    gpus_per_trial: float | None
+    cpus_per_trial: float | None
+    ray_address: str | None
+    searcher: str
+    seed: int
+    resume: bool
+    output: Path
+    progress: bool
+
+    @property
+    def grid(self) -> int:
+        """Configurations per sample when the space has ``grid_search`` entries (1 otherwise)."""
+        return math.prod(len(v["grid_search"]) for v in self.space.values()
+                         if isinstance(v, dict) and "grid_search" in v)
+
+
+def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -> SearchPlan:
+    """Probe the default configuration's step time here (seconds), then plan the search on the
+    hardware (this machine, the Ray this process is connected to, or the cluster at
+    ``request.ray_address``) for ``budget``.
+
+    A resumed search or a grid keeps every asked trial (as it was first planned / the grid);
+    so does a search whose trials need a GPU this process does not have (nothing to probe on).
+    """
+    hardware = _hardware(request.ray_address)
+    asked = request.num_trials * request.grid
+    cpus, gpus, slots = trial_resources(hardware, request.gpus_per_trial, request.cpus_per_trial)  # checks them
+    probed = budget is not None and asked > 1 and not request.resume and request.grid == 1 \
+        and (gpus == 0 or torch.cuda.is_available())
+    if not probed:
+        return make_plan(asked, None if budget is None else budget.remaining(), slots, cpus, gpus, None)
+    default = request.base.replace(**(request.points[0] if request.points else {}))
+    measured = probe(default, train, torch.device("cuda" if gpus > 0 else "cpu"))
+    log.info("probe: %.3f s per step of %s at batch %d (%.1f s)", measured.step_seconds, default.model,
+             default.batch_size, measured.seconds)
+    if request.gpus_per_trial is None and gpus > 0:  # the GPU fraction the probe's memory allows
+        share = gpu_share(measured.peak_gpu_bytes, hardware.gpu_memory, asked, hardware.gpus)
+        cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
+    capped = None if request.base.epochs is None else \
+        request.base.epochs * math.ceil(len(train) / request.base.batch_size)
+    return make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
+                     max_steps=capped)
+
+
+def _hardware(address: str | None) -> Hardware:
+    """What the trials will run on: the Ray this process already uses, the cluster at
+    ``address``, or this machine as a local Ray would see it."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return Hardware.of_ray()
+    return Hardware.local() if address is None else Hardware.of_cluster(address)
