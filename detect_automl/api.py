@@ -199,10 +199,8 @@ def _time_limit_for(search_seconds: float, total: Budget, time_limit: float) -> 
     checks, the probe) and its reserve for the wrap-up, holds ``search_seconds``."""
     spent = float(time_limit) - total.remaining()
     needed = search_seconds + spent
-    for limit in ((needed + 8.0) / 0.96, needed + 60.0):  # the two branches of _reserve
-        if limit - _reserve(limit, True) >= needed - 1e-6:
-            return math.ceil(limit)
-    return math.ceil(needed + 60.0)
+    candidates = [math.ceil(limit) for limit in ((needed + 8.0) / 0.96, needed + 60.0)]  # _reserve's branches
+    return min(limit for limit in candidates if limit - _reserve(limit, True) >= needed - 1e-6)
 
 
 def _minus(budget: Budget | None, seconds: float) -> Budget | None:
@@ -262,12 +260,13 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     budget = _minus(total, _reserve(time_limit, True))
     plan = plan_search(request, train, budget)
     needed = None if plan.needed_seconds is None else _time_limit_for(plan.needed_seconds, total, time_limit)
+    in_process = plan.num_run == 1 and request.ray_address is None and not request.resume and bool(request.points)
     if request.progress:
-        tqdm.write(plan.describe(needed))
+        tqdm.write(plan.describe(needed, in_process))
     if plan.not_run:
         warnings.warn(f"time_limit={time_limit:.0f} s carries {plan.num_run} of the {plan.asked} trials asked; "
                       f"time_limit >= {needed:.0f} s would run all of them", stacklevel=3)
-    if plan.num_run == 1 and request.ray_address is None and not request.resume and request.points:
+    if in_process:
         config = request.base.replace(**request.points[0])
         device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
         return _train_one(train, val, config, device, _minus(total, _reserve(time_limit, False)), request.progress,
@@ -302,6 +301,8 @@ def _not_run_rows(base: TrainConfig, points: list[dict]) -> list[dict]:
 
 
 def _left_out(request: SearchRequest, plan: SearchPlan) -> list[dict]:
-    """The points of the trials the plan does not run: portfolio entries, then sampled ones ({})."""
-    planned = list(request.points[plan.num_run:]) + [{}] * request.num_trials
+    """The points of the trials the plan does not run: portfolio entries, then samples (their
+    searched values unknown: None)."""
+    unknown = {key: None for key in request.space}
+    planned = list(request.points[plan.num_run:]) + [unknown] * request.num_trials
     return planned[:plan.not_run]

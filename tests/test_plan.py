@@ -151,3 +151,13 @@ def test_fit_configures_the_regime_the_weights_allow_and_plans_epochs_by_time(mo
     monkeypatch.setattr(api, "resolve_pretrained", lambda value, models: None)  # offline: from scratch
     scratch, _, tuning = api._configure("medium_quality", False, {"lr": 5e-4}, {"batch_size": [4, 8]}, 600, 0, True)
     assert not tuning and (scratch.pretrained, scratch.lr) == (None, 5e-4)  # the user's values win
+
+
+def test_the_time_limit_the_warning_names_leaves_the_search_the_seconds_it_needs():
+    from detect_automl import api
+
+    for time_limit, needed in ((60, 500.0), (600, 3000.0), (600, 90_000.0)):
+        total = Budget.from_seconds(time_limit - 7)  # 7 s already spent on checks and the probe
+        limit = api._time_limit_for(needed, total, time_limit)
+        assert limit - api._reserve(limit, True) - 7 >= needed - 0.1, (time_limit, needed, limit)
+        assert (limit - 2) - api._reserve(limit - 2, True) - 7 < needed  # and no more than that (to the second)

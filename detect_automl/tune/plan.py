@@ -211,12 +211,13 @@ class SearchPlan:
         """Trials the budget does not carry (shown as ``not run`` with detail ``budget``)."""
         return self.asked - self.num_run
 
-    def describe(self, needed_time_limit: float | None = None) -> str:
+    def describe(self, needed_time_limit: float | None = None, in_process: bool = False) -> str:
         """A few lines for the user: what runs, where, for how long, and what does not
         (with the ``time_limit`` that would run it all, when the caller knows it)."""
         if self.num_run == 1:
-            lines = [f"search plan: 1 of {self.asked} trials, the preset's default"
-                     + ("" if self.default_seconds is None else f", for {self.default_seconds:.0f} s")]
+            where = ", alone in this process until the time limit" if in_process else \
+                ("" if self.default_seconds is None else f", for {self.default_seconds:.0f} s")
+            lines = [f"search plan: 1 of {self.asked} trials, the preset's default{where}"]
         else:
             where = f"{self.cpus_per_trial:g} CPU" + (f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else "")
             lines = [f"search plan: {self.num_run} of {self.asked} trials, {self.concurrency} at a time ({where} each)"]
