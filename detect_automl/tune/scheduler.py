@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from .space import is_default
+
 __all__ = ["DefaultKeepingASHA", "make_scheduler"]
 
 
@@ -22,7 +24,7 @@ class DefaultKeepingASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         action = super().on_trial_result(tune_controller, trial, result)
-        keep = bool(self.protected) and all(trial.config.get(k) == v for k, v in self.protected.items())
+        keep = is_default(trial.config, self.protected)
         if action == TrialScheduler.STOP and keep and result.get(self._time_attr, 0) < self._max_t:
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE

@@ -8,7 +8,7 @@ from ..config import TrainConfig
 from ..errors import InputError
 
 __all__ = ["PRESETS", "register_preset", "list_presets", "preset_config", "preset_space", "default_point", "in_domain",
-           "is_searched", "to_tune_domains"]
+           "is_default", "is_searched", "to_tune_domains"]
 
 PresetFn = Callable[[bool, bool], TrainConfig]
 PRESETS: dict[str, PresetFn] = {}
@@ -130,6 +130,11 @@ def default_point(space: dict, config: TrainConfig) -> dict | None:
             return None
         point[key] = default
     return point or None
+
+
+def is_default(config: dict, default: dict | None) -> bool:
+    """True when a trial's ``config`` has the default point's value for every searched key."""
+    return bool(default) and all(config.get(key) == value for key, value in default.items())
 
 
 def in_domain(value, domain) -> bool:

@@ -13,6 +13,7 @@ from ..data.dataset import Dataset
 from ..engine.state import TrainState
 from ..engine.trial import run_trial
 from ..leaderboard import history_record
+from .space import is_default
 
 __all__ = ["train_trial", "trial_device", "CHECKPOINT_FILE", "REPORT_MARGIN"]
 
@@ -75,8 +76,8 @@ def train_trial(
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             resume = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
-    is_default = default is not None and all(params.get(k) == v for k, v in default.items())
-    own = None if budget is None else budget.share(default_seconds if is_default else trial_seconds).minus(REPORT_MARGIN)
+    seconds = default_seconds if is_default(params, default) else trial_seconds
+    own = None if budget is None else budget.share(seconds).minus(REPORT_MARGIN)
 
     context = ray.get_runtime_context()
     node, device = context.get_node_id(), trial_device()
