@@ -19,6 +19,11 @@ import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RACCOON = REPO_ROOT / "datasets" / "raccoon"
+#: The shared data sets (fruit, bccd, raccoon, fruits_nuts): $DETECT_AUTOML_DATA, else ../shared/data
+#: next to the repository.
+SHARED_DATA = Path(os.environ.get("DETECT_AUTOML_DATA") or REPO_ROOT.parent / "shared" / "data")
+#: Where benchmarks put the fits they make: $DETECT_AUTOML_BENCH_OUTPUT, else runs/benchmarks (git-ignored).
+BENCH_OUTPUT = Path(os.environ.get("DETECT_AUTOML_BENCH_OUTPUT") or REPO_ROOT / "runs" / "benchmarks")
 
 
 def add_common_args(parser: argparse.ArgumentParser, *, model: str = "ssdlite320_mobilenet_v3_large") -> None:

@@ -17,6 +17,8 @@ import time
 import torch
 import torchvision
 
+from _common import SHARED_DATA
+
 import detect_automl as da
 from detect_automl.data.image import read_image
 from detect_automl.data.loader import sanitize_boxes
@@ -34,7 +36,8 @@ def _load(dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fruit")
+    parser.add_argument("--data", default=str(SHARED_DATA / "fruit"),
+                        help="a VOC root (default: fruit under $DETECT_AUTOML_DATA, else ../shared/data)")
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--optimizer", choices=["sgd", "adamw"], default="adamw")
     parser.add_argument("--lr", type=float, default=1e-3)

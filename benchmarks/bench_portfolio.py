@@ -29,9 +29,10 @@ from pathlib import Path
 
 import torch
 
+from _common import SHARED_DATA
+
 import detect_automl as da
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {  # name -> (root, format); train on "train", rank epochs and score on "val"
     "fruit": ("fruit", "voc"), "bccd": ("bccd", "voc"), "raccoon": ("raccoon", "voc"),
     "fruits_nuts": ("fruits_nuts", "coco"),
@@ -51,8 +52,8 @@ FIELDS = ["date", "candidate", "params", "dataset", "seed", "time_limit", "threa
 
 def _run(candidate: str, dataset: str, args) -> dict:
     root, fmt = DATASETS[dataset]
-    train = da.Dataset(SHARED / root, format=fmt, split="train")
-    val = da.Dataset(SHARED / root, format=fmt, split="val")
+    train = da.Dataset(SHARED_DATA / root, format=fmt, split="train")
+    val = da.Dataset(SHARED_DATA / root, format=fmt, split="val")
     # epochs: a cap far beyond the time limit, so the schedule is planned by time alone.
     params = {"pretrained": None, "epochs": 1000, **CANDIDATES[candidate]}
     start = time.time()
@@ -178,7 +179,7 @@ def choose(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--csv", type=Path, default=Path("benchmarks/results/portfolio_cpu.csv"))
+    parser.add_argument("--csv", type=Path, default=Path(__file__).resolve().parent / "results" / "portfolio_cpu.csv")
     parser.add_argument("--time-limit", type=float, default=300)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)

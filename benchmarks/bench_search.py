@@ -27,9 +27,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _common import BENCH_OUTPUT, SHARED_DATA
+
 import detect_automl as da
 
-DATA_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_ROOT = SHARED_DATA
 GRID_TIME_LIMITS = {"fruit": 600.0, "bccd": 300.0, "raccoon": 300.0}
 CSV_FIELDS = ["date", "dataset", "time_limit", "num_trials", "seed", "fit_wall_s", "trials_run", "best_model",
               "best_val_map", "test_map", "test_map_50", "statuses", "load_avg", "fixed"]
@@ -161,7 +163,8 @@ def summary(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="../shared/data/fruit")
+    parser.add_argument("--data", default=str(SHARED_DATA / "fruit"),
+                        help="a VOC root (default: fruit under $DETECT_AUTOML_DATA, else ../shared/data)")
     parser.add_argument("--time-limit", type=float, default=None,
                         help="seconds (default: 600; in --matrix, per dataset: fruit 600, bccd and raccoon 300)")
     parser.add_argument("--num-trials", type=int, default=6)
@@ -169,14 +172,16 @@ def main() -> None:
     parser.add_argument("--gpus-per-trial", type=float, default=None)
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per trial (single run)")
     parser.add_argument("--seed", type=int, default=0, help="fit's seed (initial weights, data order, samples)")
-    parser.add_argument("--output", default="/tmp/bench_search")
+    parser.add_argument("--output", default=str(BENCH_OUTPUT / "bench_search"),
+                        help="fit's output_dir (default: $DETECT_AUTOML_BENCH_OUTPUT/bench_search, "
+                             "else runs/benchmarks/bench_search)")
     parser.add_argument("--json", default=None, help="also write the figures here (single run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a fixed hyperparameter, e.g. --set ema_decay=0 (repeatable; VALUE is JSON; single run)")
     parser.add_argument("--matrix", action="store_true", help="run the grid's missing runs, one CSV row each")
     parser.add_argument("--summary", action="store_true", help="summarise the --csv file and exit")
     parser.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "search_matrix.csv"))
-    parser.add_argument("--datasets", default="fruit,bccd,raccoon", help="matrix: names under ../shared/data")
+    parser.add_argument("--datasets", default="fruit,bccd,raccoon", help="matrix: names under $DETECT_AUTOML_DATA (default ../shared/data)")
     parser.add_argument("--trials", default="1,2,4", help="matrix: num_trials values")
     parser.add_argument("--seeds", default="0,1", help="matrix: seeds")
     parser.add_argument("--max-runs", type=int, default=None, help="matrix: stop after this many new runs")
