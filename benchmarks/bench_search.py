@@ -181,7 +181,8 @@ def main() -> None:
     parser.add_argument("--matrix", action="store_true", help="run the grid's missing runs, one CSV row each")
     parser.add_argument("--summary", action="store_true", help="summarise the --csv file and exit")
     parser.add_argument("--csv", default=str(Path(__file__).resolve().parent / "results" / "search_matrix.csv"))
-    parser.add_argument("--datasets", default="fruit,bccd,raccoon", help="matrix: names under $DETECT_AUTOML_DATA (default ../shared/data)")
+    parser.add_argument("--datasets", default="fruit,bccd,raccoon",
+                        help="matrix: names under $DETECT_AUTOML_DATA (default ../shared/data)")
     parser.add_argument("--trials", default="1,2,4", help="matrix: num_trials values")
     parser.add_argument("--seeds", default="0,1", help="matrix: seeds")
     parser.add_argument("--max-runs", type=int, default=None, help="matrix: stop after this many new runs")
