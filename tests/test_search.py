@@ -381,3 +381,27 @@ def test_a_search_the_budget_cannot_carry_trains_the_default_alone_for_the_whole
     assert list(board["detail"]) == ["time limit", "budget", "budget"]
     assert board.iloc[0]["epochs"] > 1 and pd.isna(board.iloc[0]["max_epochs"])
     assert detector.config.lr == preset_config("medium_quality", gpu=False).lr  # the preset's default
+
+
+def test_tune_keeps_the_checkpoint_of_the_engines_best_epoch_when_map_ties(tmp_path):
+    """Epoch 2 ties epoch 1 on mAP and loses on mAP@50: the engine's best is epoch 1, which Tune,
+    keeping the later of equal scores, dropped when it ranked by val_map alone."""
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train._internal.checkpoint_manager import _CheckpointManager  # Tune's own keeper, as trials use it
+    from ray.train._internal.session import _TrainingResult
+
+    from detect_automl.tune.search import _best_checkpoint
+    from detect_automl.tune.trainable import CHECKPOINT_SCORE, checkpoint_score
+
+    manager = _CheckpointManager(CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE,
+                                                  checkpoint_score_order="max"))
+    epochs = [(0.1, 0.3, True), (0.1, 0.2, False), (0.05, 0.9, False)]  # (val_map, val_map_50, is_best)
+    for epoch, (val_map, val_map_50, is_best) in enumerate(epochs, start=1):
+        (tmp_path / str(epoch)).mkdir()
+        record = {"epoch": epoch, "val_map": val_map, "val_map_50": val_map_50, "is_best": is_best}
+        metrics = {**record, CHECKPOINT_SCORE: checkpoint_score(record)}
+        manager.register_checkpoint(_TrainingResult(Checkpoint.from_directory(str(tmp_path / str(epoch))), metrics))
+    kept = [(r.checkpoint, r.metrics) for r in manager.best_checkpoint_results]
+    assert [m["epoch"] for _, m in kept] == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "3"]  # the best, and the latest for a resume
+    assert _best_checkpoint(kept).path == str(tmp_path / "1")

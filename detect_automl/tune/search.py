@@ -18,7 +18,7 @@ from ..errors import InputError, SearchError
 from ..leaderboard import TrialStatus, end_status, history_record, leaderboard_row, select_best, sort_leaderboard
 from .plan import Hardware, SearchPlan, SearchRequest, trial_resources
 from .space import to_tune_domains
-from .trainable import CHECKPOINT_FILE, train_trial
+from .trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, train_trial
 
 __all__ = ["SearchOutcome", "run_search"]
 
@@ -112,7 +112,7 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
                     failure_config=tune.FailureConfig(max_failures=0),
                     # The best epoch by val_map (what the leaderboard reports) and, apart from it,
                     # the latest (what a resumed trial continues from).
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_map",
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE,
                                                             checkpoint_score_order="max"),
                 ),
             )
@@ -178,8 +178,8 @@ def _collect(results, fixed: dict, experiment: Path, cut: str, early_stopping: b
 
 
 def _best_checkpoint(kept: list) -> object:
-    """The checkpoint of the best epoch (val mAP, ties by mAP@50) among those Tune kept."""
-    return max(kept, key=lambda pair: (pair[1].get("val_map", -1.0), pair[1].get("val_map_50", -1.0)))[0]
+    """The checkpoint of the best epoch among those Tune kept (the best and the latest)."""
+    return max(kept, key=lambda pair: pair[1].get(CHECKPOINT_SCORE, -2.0))[0]
 
 
 def _signature(space: dict, num_trials: int, fixed: dict) -> dict:

@@ -34,6 +34,19 @@ def trial_device() -> torch.device:
     return torch.device("cuda") if ray.get_gpu_ids() and torch.cuda.is_available() else torch.device("cpu")
 
 
+CHECKPOINT_SCORE = "checkpoint_score"
+"""The metric Tune keeps checkpoints by: ``val_map`` on the epochs the engine calls a new best
+(mAP, ties by mAP@50: ``record["is_best"]``), ``val_map - 1`` on the others. mAP lies in [0, 1],
+so every best epoch outranks every other, and a later best that ties on mAP (it won on mAP@50)
+outranks the earlier one, since Tune keeps the later of equal scores. Ranking by ``val_map``
+alone dropped such a best epoch's checkpoint and restored another epoch's weights."""
+
+
+def checkpoint_score(record: dict) -> float:
+    """A validated epoch's :data:`CHECKPOINT_SCORE`."""
+    return float(record["val_map"]) - (0.0 if record["is_best"] else 1.0)
+
+
 def train_trial(
     params: dict,
     *,
@@ -60,8 +73,9 @@ def train_trial(
     The trial's schedule is planned to its own deadline. Each validated epoch reports
     ``val_map``, ``val_map_50``, ``loss``, ``epoch``, ``time_limit_hit``, ``converged``, the batch
     used, the Ray ``node_id`` and the ``device`` type, with a checkpoint of the whole training
-    state (:meth:`TrainState.checkpoint`). Tune keeps the best checkpoint by ``val_map`` and the
-    latest; a resumed trial continues from the latest with its next epoch. Epochs without
+    state (:meth:`TrainState.checkpoint`), and a ``checkpoint_score`` by which Tune keeps the
+    engine's best epoch (see :data:`CHECKPOINT_SCORE`) and the latest; a resumed trial continues
+    from the latest with its next epoch. Epochs without
     validation (``eval_every`` > 1, or no time left to validate) report nothing: Tune ranks on
     ``val_map`` and rejects a result without it.
     """
@@ -87,7 +101,8 @@ def train_trial(
             return
         metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"],
                    "converged": record.get("converged", False), "node_id": node, "device": device.type,
-                   "batch_size_used": record["batch_size"]}
+                   "batch_size_used": record["batch_size"],
+                   CHECKPOINT_SCORE: checkpoint_score(record)}
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.checkpoint(), Path(directory) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
