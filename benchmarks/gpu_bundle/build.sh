@@ -3,24 +3,32 @@
 # pycocotools (and the deps the GPU image lacks) for an offline device machine.
 #
 #   benchmarks/gpu_bundle/build.sh           # cp312 bundle -> .devbundle/ (git-ignored), ~5 min
-#   PYV=3.11 OUT=/tmp/bundle311 benchmarks/gpu_bundle/build.sh   # cp311 proxy, for testing here
+#   PYV=3.11 OUT=build/bundle311 benchmarks/gpu_bundle/build.sh   # cp311 proxy, for testing here
 # Then run benchmarks/gpu_check.sh on the GPU machine with .devbundle carried along.
 #
-# Env: PYV (python version of the target, default 3.12), OUT (dir for site.tar.xz,
-# default: this script's dir), WORK (scratch, default /tmp/devbundle-build-$PYV),
-# PIP (pip used for downloads, default /work/venv/bin/pip).
+# Env (relative paths are taken from the repo root): PYV (python version of the target, default
+# 3.12), OUT (dir for site.tar.xz, default .devbundle), WORK (scratch, default
+# build/devbundle-$PYV, git-ignored), PIP (pip used for downloads, default the repo's .venv/bin/pip,
+# else pip on PATH).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/../.." && pwd)"
+cd "$REPO"
 PYV="${PYV:-3.12}"
-OUT="${OUT:-$HERE/../../.devbundle}"
-WORK="${WORK:-/tmp/devbundle-build-$PYV}"
-PIP="${PIP:-/work/venv/bin/pip}"
+OUT="${OUT:-.devbundle}"
+WORK="${WORK:-build/devbundle-$PYV}"
+if [ -z "${PIP:-}" ]; then
+  if [ -x .venv/bin/pip ]; then PIP=.venv/bin/pip; else PIP=pip; fi
+fi
+mkdir -p "$WORK" "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+WORK="$(cd "$WORK" && pwd)"
 
 # Pinned set. Everything else ray/albumentations need (numpy, scipy, pandas, pyarrow,
 # fsspec, pyyaml, requests, protobuf, msgpack, click, filelock, packaging, attrs,
 # opencv-python-headless, typing-extensions, aiohttp, grpcio, ...) is preinstalled on
-# the device image (see /work/.library/device/KINDS.md, "Python packages already there").
+# the device image (its list of preinstalled Python packages).
 PKGS=(
   ray==2.60.0
   albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 stringzilla==5.3.2

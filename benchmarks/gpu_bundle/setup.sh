@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# On the device: unpack the bundle into /tmp/site (or $SITE_DIR) and check the
-# preinstalled packages it relies on. Use it as:
-#   bash .devbundle/setup.sh && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+# On the device: unpack the bundle into $SITE_DIR (default: site/ next to this script, i.e.
+# .devbundle/site) and check the preinstalled packages it relies on. Use it as:
+#   bash .devbundle/setup.sh && export PYTHONPATH=$PWD/.devbundle/site${PYTHONPATH:+:$PYTHONPATH}
+# Env: SITE_DIR (where to unpack), PY (the Python to check with, default python3).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-SITE_DIR="${SITE_DIR:-/tmp/site}"
+SITE_DIR="${SITE_DIR:-$HERE/site}"
 PY="${PY:-python3}"
 mkdir -p "$SITE_DIR"
+SITE_DIR="$(cd "$SITE_DIR" && pwd)"
 if [ ! -f "$SITE_DIR/.unpacked" ]; then
   if command -v xz >/dev/null 2>&1; then
     tar -xJf "$HERE/site.tar.xz" -C "$SITE_DIR"

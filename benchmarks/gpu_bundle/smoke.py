@@ -1,6 +1,6 @@
 """Smoke test for the offline bundle: imports + a 2-trial local Ray Tune run.
 
-Run:  bash .devbundle/setup.sh && PYTHONPATH=/tmp/site python3 .devbundle/smoke.py
+Run:  bash .devbundle/setup.sh && PYTHONPATH=$PWD/.devbundle/site python3 .devbundle/smoke.py
 """
 import os
 import sys
