@@ -13,9 +13,9 @@ class DefaultKeepingASHA(ASHAScheduler):
     """Ray's ASHA, except that the trial whose config matches ``protected`` is never stopped
     before ``max_t``. Its results still enter every rung, so the others are measured against it.
 
-    From scratch, a first rung's mAP is mostly noise (fruit, 2 epochs on one core: 0.01-0.02
-    for every configuration), and the prior that the preset's default is good is worth more than
-    one noisy comparison.
+    From scratch, a first rung's mAP is mostly noise (the rung rank correlations are in
+    benchmarks/README.md, "Search plan"), and the prior that the preset's default is good is
+    worth more than one noisy comparison.
     """
 
     def __init__(self, protected: dict | None = None, **kwargs) -> None:

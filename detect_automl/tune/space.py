@@ -52,7 +52,7 @@ def preset_config(name: str, gpu: bool, pretrained: bool = False) -> TrainConfig
 #   linear-scaling rule or lower.
 @register_preset("fast")
 def _fast(gpu: bool, pretrained: bool) -> TrainConfig:
-    # SSDlite is the only model that learns in minutes on a CPU (0.2 s/step at batch 2, 2 cores).
+    # SSDlite is the only model that learns in minutes on a CPU (step times: benchmarks/README.md).
     batch = 16 if gpu else 4
     if pretrained:  # AdamW at a fifth of the from-scratch rate, 12 epochs (MMDetection's 1x)
         return TrainConfig(model="ssdlite320_mobilenet_v3_large", optimizer="adamw", lr=2e-4, batch_size=batch,
@@ -68,7 +68,7 @@ def _medium(gpu: bool, pretrained: bool) -> TrainConfig:
     if pretrained:  # torchvision's Faster R-CNN recipe at batch 8 (lr 0.02 * 8 / 16), MMDetection's 1x
         return TrainConfig(model="fasterrcnn_mobilenet_v3_large_fpn", optimizer="sgd", lr=0.01, batch_size=8,
                            weight_decay=1e-4, momentum=0.9, epochs=12, warmup_steps=200)
-    # AdamW from scratch; the H200 search's best was AdamW lr 1.5e-3.
+    # AdamW from scratch; what GPU searches found is in benchmarks/README.md ("GPU").
     return TrainConfig(model="fasterrcnn_mobilenet_v3_large_fpn", optimizer="adamw", lr=1e-3, batch_size=8,
                        epochs=24)
 
