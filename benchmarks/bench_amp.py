@@ -98,7 +98,7 @@ def _detect(detector, images, dtype) -> list[dict]:
 @torch.no_grad()
 def _regression_and_anchors(detector, images) -> tuple[torch.Tensor, torch.Tensor]:
     """The first image's RPN (or single-stage head) box regression in fp32, and its anchors."""
-    model = detector.model.eval()
+    model = detector.net.eval()
     batch, _ = model.transform(images[:1])
     features = model.backbone(batch.tensors)
     features = list(features.values()) if isinstance(features, dict) else [features]

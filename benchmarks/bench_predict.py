@@ -2,7 +2,7 @@
 
 One model object serves both sides: an ObjectDetector is built around
 ``detect_automl.models.build(...)`` (from scratch: weights do not change the cost of a forward
-pass), and "raw" calls the torchvision module inside it (``detector.model.model``), in eval mode
+pass), and "raw" calls the torchvision module inside it (``detector.model.net``), in eval mode
 under ``torch.no_grad()``. Both start from the same decoded HxWx3 uint8 RGB numpy arrays in
 memory (the first N raccoon test images, decoded once with our ``read_image``), so decoding is out
 of both. What each timed pass includes:
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     config = TrainConfig(model=args.model, pretrained=None)
     detector = ObjectDetector(build(args.model, len(data.classes), pretrained=None), data.classes, config,
                               device=device)
-    raw = detector.model.model  # the torchvision module itself, already on the device and in eval mode
+    raw = detector.model.net  # the torchvision module itself, already on the device and in eval mode
     raw.eval()
 
     @torch.no_grad()

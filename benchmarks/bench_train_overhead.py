@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     offset = ours.label_offset
     torch.manual_seed(args.seed)
     plain = getattr(tvd, args.model)(weights=None, weights_backbone=None, num_classes=num_classes + offset).to(device)
-    same_init = all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), ours.model.state_dict().values()))
+    same_init = all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), ours.net.state_dict().values()))
 
     opt_plain = torch.optim.AdamW(plain.parameters(), lr=args.lr, weight_decay=WEIGHT_DECAY)
     opt_ours = build_optimizer(ours, "adamw", args.lr, WEIGHT_DECAY, 0.9)

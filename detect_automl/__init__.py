@@ -6,7 +6,7 @@
 >>> class_ids, scores, boxes = detector.predict("raccoon.jpg")      # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .api import fit
 from .config import TrainConfig

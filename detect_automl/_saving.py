@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 import torchvision
 
+from ._version import __version__
 from .errors import ModelError
 from .leaderboard import COLUMNS
 from .models import Detector, build
@@ -28,8 +29,6 @@ def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFra
              data_report: dict | None = None) -> Path:
     """Write the four files (five with a ``data_report``) into a temporary sibling directory, then
     swap it into place."""
-    from . import __version__
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full_config = {"format_version": FORMAT_VERSION, "detect_automl_version": __version__,
@@ -102,7 +101,7 @@ def load_dir(path: Path) -> SavedModel:
     detector = build(config["model"], len(config["class_names"]), pretrained=pretrained,
                      image_size=config.get("image_size"), load_pretrained=False)
     try:
-        detector.model.load_state_dict(state)
+        detector.net.load_state_dict(state)
     except RuntimeError as exc:
         raise ModelError(f"{path / 'model.pt'}: weights do not fit {config['model']} with "
                          f"{len(config['class_names'])} classes: {str(exc).splitlines()[0]}") from exc

@@ -21,8 +21,7 @@ from .data.policy import DEFAULT_ON_ERROR, data_report
 from .engine.trial import run_trial
 from .errors import DatasetError, InputError, SearchError
 from .leaderboard import TrialStatus, end_status, history_record, leaderboard_row, sort_leaderboard
-from .models import build
-from .models.weights import resolve_pretrained
+from .models import build, resolve_pretrained
 from .predictor import ObjectDetector
 from .tune.plan import SearchPlan, SearchRequest, plan_search
 from .tune.portfolio import portfolio, search_points
@@ -228,7 +227,7 @@ def _save(detector: ObjectDetector, path: Path, bad_data: dict, progress: bool, 
           time_limit: float | None) -> ObjectDetector:
     """Step 5: save the kept detector with the data report; say how the budget went."""
     detector.data_report = bad_data
-    detector.path = detector.save(path)
+    detector.save(path)  # sets detector.path
     if progress:
         used = f"in {time.time() - start:.0f} s" + ("" if time_limit is None else f" of {time_limit:.0f}")
         board = detector.leaderboard()

@@ -172,8 +172,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .export import export
+    from .predictor import ObjectDetector
 
-    path = export(args.model, args.output, format=args.format)
+    path = export(ObjectDetector.load(args.model, device="cpu"), args.output, format=args.format)
     print(f"exported {args.format}: {path} (sidecar {path.name}.json)")
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +34,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ._version import __version__
 from .errors import DetectAutoMLError, InputError, ModelError
 from .models.detector import Detector, to_class_ids
 
@@ -51,17 +53,17 @@ _INSTALL_HINT = 'pip install "detect-automl[export]"'
 class _Exportable(nn.Module):
     """One CHW float image in [0, 1] -> (boxes, scores, class_ids), class ids 0-based."""
 
-    def __init__(self, model: nn.Module, label_offset: int) -> None:
+    def __init__(self, net: nn.Module, label_offset: int) -> None:
         super().__init__()
-        self.model = model
+        self.net = net
         self.label_offset = label_offset
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         with torch.no_grad():
             if torch.jit.is_scripting():  # scripted torchvision detectors return (losses, detections)
-                out = self.model([image])[1][0]
+                out = self.net([image])[1][0]
             else:
-                out = self.model([image])[0]
+                out = self.net([image])[0]
         return to_class_ids(out["boxes"], out["scores"], out["labels"], self.label_offset)
 
 
@@ -102,41 +104,34 @@ class _TracedEagerSizeTransform(GeneralizedRCNNTransform):
         return resized[0], target
 
 
-def export(
-    detector: ObjectDetector | str | Path,
-    path: str | Path | None = None,
-    *,
-    format: str = "torchscript",
-) -> Path:
+def export(detector: ObjectDetector, path: str | Path | None = None, *, format: str = "torchscript") -> Path:
     """Export a detector to TorchScript or ONNX and write a JSON sidecar next to it.
 
     Args:
-        detector: an ObjectDetector, or a saved-model directory (``ObjectDetector.save``).
+        detector: an ObjectDetector; load a saved-model directory first
+            (``ObjectDetector.load(directory)``).
         path: output file, or an existing directory to write ``model.<format>`` into. Default:
-            ``model.torchscript`` / ``model.onnx`` inside the saved-model directory
-            (``detector.path`` for a detector made by ``fit``).
+            ``model.torchscript`` / ``model.onnx`` inside the detector's saved-model directory
+            (``detector.path``: set by ``save``, ``load`` and ``fit``).
         format: "torchscript" or "onnx" (ONNX needs ``pip install "detect-automl[export]"``).
 
     Returns:
         The exported file; its sidecar is the same path plus ``.json``.
 
     Raises:
-        InputError: unknown format, or no ``path`` for a detector that was never saved.
+        InputError: unknown format, a path given as ``detector``, or no ``path`` for a detector
+            that was never saved.
         ModelError: onnx missing, or this model cannot be exported in this format (says why).
 
-    >>> export("runs/raccoon/model", format="onnx")  # doctest: +SKIP
+    >>> export(ObjectDetector.load("runs/raccoon/model"), format="onnx")  # doctest: +SKIP
     PosixPath('runs/raccoon/model/model.onnx')
     """
-    from .predictor import ObjectDetector
-
+    if isinstance(detector, (str, os.PathLike)):
+        raise InputError(f"export() takes an ObjectDetector, got the path {str(detector)!r}: load it first, "
+                         f"export(ObjectDetector.load({str(detector)!r}), ...)")
     if format not in FORMATS:
         raise InputError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    if isinstance(detector, (str, Path)):
-        source: Path | None = Path(detector)
-        detector = ObjectDetector.load(source, device="cpu")
-    else:
-        source = getattr(detector, "path", None)
-    out = _output_path(path, source, format)
+    out = _output_path(path, detector.path, format)
     writer = _write_onnx if format == "onnx" else _write_torchscript
     extra = writer(detector.model, out, detector.model_name)
     _write_sidecar(detector, out, format, extra)
@@ -157,14 +152,14 @@ def _output_path(path: str | Path | None, source: Path | None, fmt: str) -> Path
 
 def _exportable(detector: Detector, scripted: bool = False) -> _Exportable:
     """A CPU copy in eval mode (the caller's model stays where it is)."""
-    model = copy.deepcopy(detector.model).cpu().eval()
-    model._has_warned = True  # silences torchvision's "returns a (Losses, Detections) tuple" warning
-    t = model.transform
+    net = copy.deepcopy(detector.net).cpu().eval()
+    net._has_warned = True  # silences torchvision's "returns a (Losses, Detections) tuple" warning
+    t = net.transform
     if t.fixed_size is None:  # SSD's fixed size needs no arithmetic
         kind = _EagerSizeTransform if scripted else _TracedEagerSizeTransform
-        model.transform = kind(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible,
-                               t.fixed_size).eval()
-    return _Exportable(model, detector.label_offset).eval()
+        net.transform = kind(t.min_size, t.max_size, t.image_mean, t.image_std, t.size_divisible,
+                             t.fixed_size).eval()
+    return _Exportable(net, detector.label_offset).eval()
 
 
 def _example_image(detector: Detector) -> Tensor:
@@ -221,11 +216,9 @@ def _write_onnx(detector: Detector, out: Path, model_name: str) -> dict:
 
 def _write_sidecar(detector: ObjectDetector, out: Path, fmt: str, extra: dict) -> Path:
     """``<export>.json``: what a service needs to feed the graph and read its outputs."""
-    from . import __version__
-
-    model = detector.model.model
-    heads = getattr(model, "roi_heads", model)  # Faster R-CNN keeps its thresholds in roi_heads
-    transform = model.transform
+    net = detector.model.net
+    heads = getattr(net, "roi_heads", net)  # Faster R-CNN keeps its thresholds in roi_heads
+    transform = net.transform
     sidecar = {
         "format": fmt,
         "file": out.name,

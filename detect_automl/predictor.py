@@ -17,6 +17,7 @@ from .data.policy import DEFAULT_ON_ERROR, skipped_counts
 from .engine.evaluate import evaluate as _evaluate
 from .engine.trial import default_device
 from .errors import InputError
+from .export import export as _export
 from .leaderboard import COLUMNS
 from .models import Detector
 from .results import Detections
@@ -32,6 +33,14 @@ class ObjectDetector:
     """A trained object detector: predict, evaluate, save, load.
 
     Made by :func:`detect_automl.fit` or :meth:`ObjectDetector.load`; needs no Ray.
+
+    Attributes:
+        model: the :class:`~detect_automl.models.Detector` (its ``net`` is the torchvision module).
+        class_names: the class names; class ids index this list.
+        config: the training configuration the model was made with.
+        score_threshold: ``predict`` drops detections scoring below this by default.
+        path: the saved-model directory this detector was last saved to or loaded from; None
+            until then (``fit`` saves, so a detector it returns has one).
 
     >>> detector = ObjectDetector.load("raccoon_model")        # doctest: +SKIP
     >>> class_ids, scores, boxes = detector.predict("raccoon.jpg")  # doctest: +SKIP
@@ -59,6 +68,7 @@ class ObjectDetector:
         self.metrics = metrics or {}
         self.data_report = data_report  # what fit left out of its train and val data; None if unknown
         self.device = torch.device(device) if device is not None else default_device()
+        self.path: Path | None = None
         self.model.to(self.device).eval()
 
     @property
@@ -141,6 +151,7 @@ class ObjectDetector:
         ``data_report.json`` when :attr:`data_report` is set.
 
         The directory is written atomically: an interrupted save leaves any previous one intact.
+        Sets :attr:`path` to the directory, which it returns.
         """
         config = {
             "model": self.config.model,
@@ -150,17 +161,16 @@ class ObjectDetector:
             "hyperparameters": self.config.to_dict(),
             "metrics": {k: v for k, v in self.metrics.items() if k not in _METRICS_NOT_SAVED},
         }
-        return _saving.save_dir(Path(path), self.model.model.state_dict(), config, self._leaderboard, self.history,
-                                self.data_report)
+        self.path = _saving.save_dir(Path(path), self.model.net.state_dict(), config, self._leaderboard,
+                                     self.history, self.data_report)
+        return self.path
 
-    def export(self, path: str | Path, *, format: str = "torchscript") -> Path:
+    def export(self, path: str | Path | None = None, *, format: str = "torchscript") -> Path:
         """Export to TorchScript or ONNX (+ a JSON sidecar); see :func:`detect_automl.export.export`.
 
         >>> detector.export("raccoon.onnx", format="onnx")  # doctest: +SKIP
         """
-        from .export import export
-
-        return export(self, path, format=format)
+        return _export(self, path, format=format)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device | None = None) -> ObjectDetector:
@@ -172,10 +182,12 @@ class ObjectDetector:
         saved = _saving.load_dir(Path(path))
         # Keep the recorded ``pretrained``: it names the architecture, so a second save loads the same.
         config = TrainConfig.from_dict(saved.config["hyperparameters"])
-        return cls(saved.detector, saved.config["class_names"], config,
-                   score_threshold=saved.config["score_threshold"], leaderboard=saved.leaderboard,
-                   history=saved.history, metrics=saved.config.get("metrics", {}), device=device,
-                   data_report=saved.data_report)
+        detector = cls(saved.detector, saved.config["class_names"], config,
+                       score_threshold=saved.config["score_threshold"], leaderboard=saved.leaderboard,
+                       history=saved.history, metrics=saved.config.get("metrics", {}), device=device,
+                       data_report=saved.data_report)
+        detector.path = Path(path)
+        return detector
 
     def __repr__(self) -> str:
         score = f", val mAP {self.metrics['map']:.3f}" if "map" in self.metrics else ""

@@ -105,12 +105,12 @@ def test_torchscript_predicts_what_the_eager_model_predicts(saved, datasets_dir)
 
 def test_onnx_predicts_what_the_eager_model_predicts(saved, datasets_dir):
     ort = pytest.importorskip("onnxruntime")
-    path = export(saved, format="onnx")
-    assert path == saved / "model.onnx"
+    detector = ObjectDetector.load(saved, device="cpu")
+    path = export(detector, format="onnx")
+    assert path == saved / "model.onnx"  # next to the model it was loaded from (detector.path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
     assert [o.name for o in session.get_outputs()] == ["boxes", "scores", "class_ids"]
-    detector = ObjectDetector.load(saved, device="cpu")
     for name in IMAGES:
         eager = detector.predict(datasets_dir / "raccoon" / "JPEGImages" / name, score_threshold=0)
         _assert_agree(eager, session.run(None, {"image": _image(datasets_dir, name).numpy()}))
@@ -129,9 +129,9 @@ def test_onnx_agrees_at_sizes_whose_resize_factor_is_not_exact(saved, datasets_d
     """
     ort = pytest.importorskip("onnxruntime")
     image = _image(datasets_dir, "raccoon-10.jpg")
-    path = export(saved, saved.parent / "sizes.onnx", format="onnx")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     detector = ObjectDetector.load(saved, device="cpu")
+    path = export(detector, saved.parent / "sizes.onnx", format="onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for height, width in [(200, 300), (154, 300), (299, 450), (400, 600)]:
         small = torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear")[0]
         array = (small.permute(1, 2, 0) * 255).round().byte().numpy()
@@ -143,15 +143,26 @@ def test_onnx_agrees_at_sizes_whose_resize_factor_is_not_exact(saved, datasets_d
 def test_onnx_without_the_extra_says_what_to_install(saved, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     with pytest.raises(ModelError, match=r'pip install "detect-automl\[export\]"'):
-        export(saved, saved.parent / "x.onnx", format="onnx")
+        export(ObjectDetector.load(saved, device="cpu"), saved.parent / "x.onnx", format="onnx")
     assert not (saved.parent / "x.onnx").exists()
 
 
 def test_unknown_format_and_unsaved_detector_without_path(saved):
+    loaded = ObjectDetector.load(saved, device="cpu")
+    assert loaded.path == saved
     with pytest.raises(InputError, match="'tflite'.*torchscript, onnx"):
-        export(saved, format="tflite")
+        export(loaded, format="tflite")
+    unsaved = ObjectDetector(loaded.model, loaded.class_names, loaded.config, device="cpu")
+    assert unsaved.path is None
     with pytest.raises(InputError, match="needs a path"):
-        export(ObjectDetector.load(saved, device="cpu"))
+        export(unsaved)
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_a_saved_model_directory_must_be_loaded_first(saved, as_text):
+    with pytest.raises(InputError, match=r"takes an ObjectDetector.*load it first.*ObjectDetector\.load"):
+        export(str(saved) if as_text else saved, format="torchscript")
+    assert not (saved / "model.torchscript").exists()
 
 
 def test_a_failure_inside_torch_names_the_model_and_format(saved, monkeypatch):
@@ -161,7 +172,7 @@ def test_a_failure_inside_torch_names_the_model_and_format(saved, monkeypatch):
     monkeypatch.setattr(torch.jit, "script", broken)
     with pytest.raises(ModelError, match=f"cannot export {saved.name} to torchscript: "
                                          "RuntimeError: Unsupported op$"):
-        export(saved, format="torchscript")
+        export(ObjectDetector.load(saved, device="cpu"), format="torchscript")
     assert not (saved / "model.torchscript").exists()
 
 

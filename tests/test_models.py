@@ -21,10 +21,10 @@ def _num_outputs(detector: Detector) -> int:
     """How many classes torchvision's head scores, read off the built module."""
     family = detector.spec.family
     if family == "faster_rcnn":
-        return detector.model.roi_heads.box_predictor.cls_score.out_features
+        return detector.net.roi_heads.box_predictor.cls_score.out_features
     if family == "retinanet":
-        return detector.model.head.classification_head.num_classes
-    return detector.model.head.classification_head.num_columns
+        return detector.net.head.classification_head.num_classes
+    return detector.net.head.classification_head.num_columns
 
 
 def test_registry_lists_every_required_model():
@@ -80,19 +80,37 @@ def test_offset_applied_and_removed_in_one_place(name, offset):
 
 def test_image_size_reaches_the_transform_and_ssd_ignores_it():
     rcnn = build("fasterrcnn_mobilenet_v3_large_320_fpn", 2, image_size=256)
-    assert rcnn.model.transform.min_size == (256,)
+    assert rcnn.net.transform.min_size == (256,)
     ssd = build(FAST, 2, image_size=256)  # SSD sizes are baked in; passing one must not break
-    assert ssd.model.transform.min_size == (320,)
+    assert ssd.net.transform.min_size == (320,)
+
+
+def test_state_dict_keys_are_the_nets_and_checkpoints_of_the_old_name_still_load():
+    """Detector keeps the torchvision module as ``net``; before, it was ``model`` (trial checkpoints
+    written then hold ``model.<key>``): both load, into the detector and into its weight average."""
+    from detect_automl.engine.optim import ModelEma
+
+    torch.manual_seed(0)
+    source = build(FAST, 2)
+    assert all(k.startswith("net.") for k in source.state_dict())
+    assert set(source.state_dict()) == {"net." + k for k in source.net.state_dict()}
+    legacy = {"model." + k.removeprefix("net."): v for k, v in source.state_dict().items()}
+    target = build(FAST, 2)
+    target.load_state_dict(legacy)  # strict: every key found
+    average = ModelEma(build(FAST, 2), 0.9)
+    average.restore(legacy, 3)
+    for loaded in (target, average.module):
+        assert all(torch.equal(v, source.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 def _coco_like_state(name: str) -> dict:
     """A state_dict shaped like torchvision's COCO checkpoint (91 outputs), random values."""
     torch.manual_seed(1)
-    return build(name, num_classes=91 - get_spec(name).label_offset).model.state_dict()
+    return build(name, num_classes=91 - get_spec(name).label_offset).net.state_dict()
 
 
 def _assert_loaded_except_head(detector: Detector, state: dict) -> None:
-    own = detector.model.state_dict()
+    own = detector.net.state_dict()
     backbone = [k for k in state if k.startswith("backbone.") and k in own]
     assert backbone and all(torch.equal(own[k], state[k]) for k in backbone)
     mismatched = [k for k in state if k in own and own[k].shape != state[k].shape]
@@ -168,12 +186,12 @@ def test_imagenet_backbone_weights_from_cache(tmp_path, monkeypatch):
     monkeypatch.undo()  # torchvision's own loader must now find the file in the cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     detector = build(FAST, 2, pretrained="imagenet")
-    first_conv = detector.model.backbone.features[0][0][0].weight
+    first_conv = detector.net.backbone.features[0][0][0].weight
     assert torch.equal(first_conv, backbone_state["features.0.0.weight"])
 
 
 def test_fit_resolves_auto_weights_once_and_says_why_offline(tmp_path, monkeypatch):
-    from detect_automl.models.weights import resolve_pretrained as _resolve_auto
+    from detect_automl.models import resolve_pretrained as _resolve_auto
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _offline)

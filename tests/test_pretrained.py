@@ -86,7 +86,7 @@ def _stand_in_file(weights: WeightsEnum, builder, **kwargs) -> Path:
 
 def _architecture(detector: Detector) -> dict:
     """Everything that makes two builds the same network apart from the values of the weights."""
-    model = detector.model
+    model = detector.net
     return {
         "modules": [(n, type(m).__name__, getattr(m, "eps", None), getattr(m, "momentum", None))
                     for n, m in model.named_modules()],
@@ -114,7 +114,7 @@ def test_architecture_only_coco_build_equals_the_real_one(coco_built, offline):
     rebuilt = build(name, len(CLASSES), pretrained="coco", image_size=SIZE, load_pretrained=False)
     assert _architecture(rebuilt) == _architecture(coco_built)
     assert not offline.exists()  # the torch hub cache was not even looked at
-    frozen = [m for m in coco_built.model.modules() if type(m).__name__ == "FrozenBatchNorm2d"]
+    frozen = [m for m in coco_built.net.modules() if type(m).__name__ == "FrozenBatchNorm2d"]
     if name in ("fasterrcnn_resnet50_fpn", "retinanet_resnet50_fpn"):
         assert frozen and all(m.eps == 0.0 for m in frozen)  # torchvision's overwrite_eps for these weights
     if name != "ssdlite320_mobilenet_v3_large":  # the one family whose COCO build is the scratch one

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 
-if TYPE_CHECKING:
-    from .registry import ModelSpec
+from .spec import ModelSpec
 
 __all__ = ["Detector", "to_class_ids"]
 
@@ -45,6 +44,13 @@ def to_class_ids(boxes: Tensor, scores: Tensor, labels: Tensor, label_offset: in
     return boxes[keep], scores[keep], labels[keep]
 
 
+def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load-state-dict pre-hook: ``model.*`` keys (the wrapped net's name before ``net``) -> ``net.*``."""
+    old = prefix + "model."
+    for key in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + "net." + key[len(old):]] = state_dict.pop(key)
+
+
 class Detector(nn.Module):
     """Wraps a torchvision detector so callers see 0-based class ids.
 
@@ -55,20 +61,31 @@ class Detector(nn.Module):
     In training mode ``forward(images, targets)`` returns torchvision's loss dict; in eval mode
     ``forward(images)`` returns one dict per image with ``boxes`` (xyxy, pixels of that input
     image), ``scores`` and 0-based ``labels``.
+
+    Attributes:
+        net: the torchvision detector itself, in its own label space. Its ``state_dict()`` is
+            what a saved model's ``model.pt`` holds.
+        spec: how ``net`` was built (registry entry).
+        num_classes: object classes, background not counted.
+        label_offset: what ``net``'s head adds to a 0-based class id.
+
+    This module's own state_dict keys are ``net.<torchvision key>``; checkpoints written when the
+    attribute was called ``model`` (keys ``model.<torchvision key>``) still load.
     """
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, num_classes: int) -> None:
+    def __init__(self, net: nn.Module, spec: ModelSpec, num_classes: int) -> None:
         super().__init__()
-        _decode_in_fp32(model)
-        self.model = model
+        _decode_in_fp32(net)
+        self.net = net
         self.spec = spec
         self.num_classes = num_classes
         self.label_offset = spec.label_offset
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     @property
     def input_side(self) -> int:
         """The shorter side torchvision's transform resizes inputs to (320 for SSDlite)."""
-        return int(self.model.transform.min_size[-1])
+        return int(self.net.transform.min_size[-1])
 
     def to_model_targets(self, targets: list[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         """0-based class ids -> torchvision's label space."""
@@ -90,8 +107,8 @@ class Detector(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            return self.model(images, self.to_model_targets(targets))
-        return self.from_model_outputs(self.model(images))
+            return self.net(images, self.to_model_targets(targets))
+        return self.from_model_outputs(self.net(images))
 
     @torch.inference_mode()
     def predict(self, images: list[Tensor]) -> list[dict[str, Tensor]]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, VGG16_Weights, WeightsEnum
@@ -16,44 +14,12 @@ from torchvision.models import detection as tvd
 from ..errors import ModelError, WeightsError
 from .detector import Detector
 from .heads import HEAD_REPLACERS
+from .spec import ModelSpec
 from .weights import ensure_weights, load_state_dict_file, placeholder_weights
 
-__all__ = ["ModelSpec", "register_model", "list_models", "get_spec", "build"]
+__all__ = ["register_model", "list_models", "get_spec", "build", "resolve_pretrained"]
 
 log = logging.getLogger(__name__)
-
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build one torchvision detector.
-
-    Attributes:
-        name: registry name (torchvision's builder name).
-        builder: the torchvision builder function.
-        family: "faster_rcnn", "retinanet", "ssd" or "ssdlite" (selects the head replacer).
-        backbone: a short backbone description.
-        coco_weights: the COCO detector weights enum.
-        backbone_weights: the ImageNet backbone weights enum.
-        background: whether class index 0 is reserved for background in torchvision's head.
-        default_size: shorter side the model resizes to by default (pixels).
-        fixed_size: True when the input size is baked into the architecture (SSD).
-    """
-
-    name: str
-    builder: Callable[..., nn.Module]
-    family: str
-    backbone: str
-    coco_weights: WeightsEnum
-    backbone_weights: WeightsEnum
-    background: bool
-    default_size: int
-    fixed_size: bool = False
-
-    @property
-    def label_offset(self) -> int:
-        """What torchvision's head adds to our 0-based class ids (1 when 0 means background)."""
-        return 1 if self.background else 0
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -130,6 +96,22 @@ def build(
     except TypeError as exc:
         raise ModelError(f"cannot build {name} with options {sorted(kwargs)}: {exc}") from exc
     return Detector(model, spec, num_classes)
+
+
+def resolve_pretrained(pretrained: str | None, models: list[str]) -> str | None:
+    """``pretrained="auto"`` -> "coco" when every candidate model's COCO weights can be had (cached
+    or downloaded once, here, before any trial starts), else None with one warning saying why.
+    Any other value is returned as it is."""
+    if pretrained != "auto":
+        return pretrained
+    try:
+        for name in dict.fromkeys(models):
+            ensure_weights(get_spec(name).coco_weights)
+    except WeightsError as exc:
+        warnings.warn(f"{exc}\nTraining from scratch instead: expect a much lower mAP than with pretrained "
+                      "weights.", stacklevel=4)  # the caller of fit()
+        return None
+    return "coco"
 
 
 def _build_torchvision(spec: ModelSpec, num_outputs: int, pretrained, load: bool, kwargs: dict) -> nn.Module:

@@ -10,7 +10,6 @@ import inspect
 import logging
 import os
 import threading
-import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -23,7 +22,7 @@ from torchvision.models import WeightsEnum
 
 from ..errors import ModelError, WeightsError
 
-__all__ = ["cached_weights_path", "ensure_weights", "resolve_pretrained", "load_state_dict_file",
+__all__ = ["cached_weights_path", "ensure_weights", "load_state_dict_file",
            "placeholder_state_dict", "placeholder_weights"]
 
 log = logging.getLogger(__name__)
@@ -59,24 +58,6 @@ def ensure_weights(weights: WeightsEnum) -> Path:
         ) from exc
     log.info("downloaded pretrained weights to %s", path)
     return path
-
-
-def resolve_pretrained(pretrained: str | None, models: list[str]) -> str | None:
-    """``pretrained="auto"`` -> "coco" when every candidate model's COCO weights can be had (cached
-    or downloaded once, here, before any trial starts), else None with one warning saying why.
-    Any other value is returned as it is."""
-    if pretrained != "auto":
-        return pretrained
-    from .registry import get_spec  # the registry imports this module
-
-    try:
-        for name in dict.fromkeys(models):
-            ensure_weights(get_spec(name).coco_weights)
-    except WeightsError as exc:
-        warnings.warn(f"{exc}\nTraining from scratch instead: expect a much lower mAP than with pretrained "
-                      "weights.", stacklevel=4)  # the caller of fit()
-        return None
-    return "coco"
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
