@@ -2,6 +2,15 @@
 
 Drawing needs only Pillow; the plots import matplotlib when called. One class has one colour
 everywhere: its box, its AP bar and its precision-recall curve.
+
+Boxes are drawn with Pillow, not ``torchvision.utils.draw_bounding_boxes`` (torchvision 0.29),
+which cannot draw these labels: it writes a label inside its box's top-left corner, not on a strip
+above the box kept inside the image, and without a TrueType font file it ignores ``font_size``
+(Pillow's small fixed bitmap font, unreadable on a large photo), so the text cannot scale with the
+image. It also truncates coordinates to integers without clipping boxes that cross the border,
+does not skip undefined (NaN) boxes, wants a CHW tensor and warns on an image without
+detections. Using it for the outlines alone would add a tensor round trip and a second pass for
+what ``ImageDraw.rectangle`` does in one line.
 """
 
 from __future__ import annotations
