@@ -4,7 +4,8 @@ It decides how many of the asked trials the budget carries at a useful fidelity,
 at once and with what resources, and how long each one trains. The preset's default keeps a
 slot for the whole search; the portfolio's configurations, then sampled ones, share the other
 slots. A trial that could not train for at least :data:`FIDELITY_FLOOR_STEPS` optimizer steps
-is not run: its rank would be noise (benchmarks/README.md, "Search plan").
+is not run: its rank would be noise (benchmarks/RESULTS.md, "Rung rank correlation and the
+fidelity floor").
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ __all__ = ["FIDELITY_FLOOR_STEPS", "Hardware", "Probe", "SearchPlan", "SearchReq
 log = logging.getLogger(__name__)
 
 FIDELITY_FLOOR_STEPS = 1500
-"""Optimizer steps a trial needs before its validation mAP ranks it (benchmarks/README.md,
-"Search plan": rank correlation of rung-k val mAP with the final one, per k)."""
+"""Optimizer steps a trial needs before its validation mAP ranks it (benchmarks/RESULTS.md,
+"Rung rank correlation and the fidelity floor": rank correlation of rung-k val mAP with the
+final one, per k)."""
 
 SEARCH_OVERHEAD_S = 10.0
 """Seconds of a search's budget its trials cannot train in: Ray's start and a worker's start

@@ -14,7 +14,7 @@ class DefaultKeepingASHA(ASHAScheduler):
     before ``max_t``. Its results still enter every rung, so the others are measured against it.
 
     From scratch, a first rung's mAP is mostly noise (the rung rank correlations are in
-    benchmarks/README.md, "Search plan"), and the prior that the preset's default is good is
+    benchmarks/RESULTS.md), and the prior that the preset's default is good is
     worth more than one noisy comparison.
     """
 

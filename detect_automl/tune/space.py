@@ -41,7 +41,7 @@ def preset_config(name: str, gpu: bool, pretrained: bool = False) -> TrainConfig
         raise InputError(f"unknown preset {name!r}; choose one of {', '.join(list_presets())}") from None
 
 
-# From scratch: measured on the shared sets (benchmarks/README.md). Fine-tuning COCO weights (the
+# From scratch: measured on the shared sets (benchmarks/RESULTS.md). Fine-tuning COCO weights (the
 # default where they can be had, e.g. Colab) cannot be measured on the machines without network;
 # its recipes follow the published ones and differ from scratch where they do:
 # - torchvision detection references (references/detection/README.md): SGD, momentum 0.9, weight
@@ -52,7 +52,7 @@ def preset_config(name: str, gpu: bool, pretrained: bool = False) -> TrainConfig
 #   linear-scaling rule or lower.
 @register_preset("fast")
 def _fast(gpu: bool, pretrained: bool) -> TrainConfig:
-    # SSDlite is the only model that learns in minutes on a CPU (step times: benchmarks/README.md).
+    # SSDlite is the only model that learns in minutes on a CPU (step times: benchmarks/RESULTS.md).
     batch = 16 if gpu else 4
     if pretrained:  # AdamW at a fifth of the from-scratch rate, 12 epochs (MMDetection's 1x)
         return TrainConfig(model="ssdlite320_mobilenet_v3_large", optimizer="adamw", lr=2e-4, batch_size=batch,
@@ -68,7 +68,7 @@ def _medium(gpu: bool, pretrained: bool) -> TrainConfig:
     if pretrained:  # torchvision's Faster R-CNN recipe at batch 8 (lr 0.02 * 8 / 16), MMDetection's 1x
         return TrainConfig(model="fasterrcnn_mobilenet_v3_large_fpn", optimizer="sgd", lr=0.01, batch_size=8,
                            weight_decay=1e-4, momentum=0.9, epochs=12, warmup_steps=200)
-    # AdamW from scratch; what GPU searches found is in benchmarks/README.md ("GPU").
+    # AdamW from scratch; what GPU searches found: benchmarks/RESULTS.md.
     return TrainConfig(model="fasterrcnn_mobilenet_v3_large_fpn", optimizer="adamw", lr=1e-3, batch_size=8,
                        epochs=24)
 
