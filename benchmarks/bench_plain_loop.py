@@ -20,8 +20,8 @@ import torchvision
 from _common import SHARED_DATA
 
 import detect_automl as da
+from detect_automl.data.boxes import sanitize_boxes
 from detect_automl.data.image import read_image
-from detect_automl.data.loader import sanitize_boxes
 from detect_automl.metrics import coco_metrics
 
 

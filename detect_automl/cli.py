@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .data._files import IMAGE_EXTENSIONS
+
 if TYPE_CHECKING:
     from .predictor import ObjectDetector
     from .results import Detections
@@ -100,19 +102,16 @@ def _count_by_class(detections: Detections) -> str:
     return ", ".join(f"{counts[i]} {detections.class_names[i]}" for i in sorted(counts))
 
 
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
 def _image_paths(items: Sequence[str]) -> list[str]:
     """The arguments, with each folder replaced by the image files in it (sorted)."""
     paths: list[str] = []
     for item in items:
         if Path(item).is_dir():
-            found = sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+            found = sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
                 from .errors import InputError
 
-                raise InputError(f"{item}: a folder without image files ({', '.join(sorted(_IMAGE_SUFFIXES))})")
+                raise InputError(f"{item}: a folder without image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             paths.extend(found)
         else:
             paths.append(item)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,8 +11,9 @@ import torch
 from PIL import Image
 
 from detect_automl.data import Dataset, ImageRecord
+from detect_automl.data.boxes import sanitize_boxes
 from detect_automl.data.image import read_image
-from detect_automl.data.loader import DetectionDataset, collate, make_loader, sanitize_boxes
+from detect_automl.data.loader import DetectionDataset, collate, make_loader
 from detect_automl.data.transforms import _Albumentations, build_transforms, identity
 from detect_automl.errors import InputError
 
@@ -29,17 +31,6 @@ def raccoon_train(datasets_dir) -> Dataset:
 def raccoon_image(raccoon_train):
     record = raccoon_train[0]
     return read_image(record.path), record.boxes, record.labels
-
-
-def test_sanitize_clips_and_drops():
-    boxes = np.array([[-5, -2, 10, 10], [3, 3, 3, 3], [2, 2, 2.5, 9], [7.5, 0, 20, 9], [np.nan, 0, 4, 4],
-                      [1, 1, 6, 6]], dtype=np.float32)
-    kept, labels, keep = sanitize_boxes(boxes, np.arange(6), width=8, height=9)
-    assert keep.tolist() == [True, False, False, False, False, True]  # 7.5..8 is < 1 px after clipping
-    np.testing.assert_array_equal(kept, [[0, 0, 8, 9], [1, 1, 6, 6]])
-    assert kept.dtype == np.float32 and labels.tolist() == [0, 5] and labels.dtype == np.int64
-    empty = sanitize_boxes(np.zeros((0, 4)), np.zeros(0), 8, 8)
-    assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
 
 
 def test_grayscale_jpeg_becomes_three_channels(raccoon_train):
@@ -224,3 +215,25 @@ def test_the_cache_decodes_each_training_image_once_within_its_byte_budget(datas
             assert torch.equal(image, image2) and torch.equal(target["boxes"], target2["boxes"])
     assert len(reads) == 4 + 2 * 2  # all four decoded once; only the two that fit were kept
     assert cached._cached_bytes == two_images
+
+
+def test_targets_carry_the_ground_truth_in_original_pixels(datasets_dir, tmp_path):
+    """What evaluation scores against: the record's sanitised boxes, flags and areas, whatever the shrink."""
+    source = Dataset(datasets_dir / "fruits_nuts", split="val")
+    record = source[0]
+    crowd = np.zeros(len(record.boxes), bool)
+    crowd[0] = True
+    wide = record.boxes.copy()
+    wide[1, 2] = record.width + 3  # clipped to the image
+    data = Dataset.from_records([replace(record, boxes=wide, iscrowd=crowd)], source.classes)
+    for dataset in (DetectionDataset(data), DetectionDataset(data, max_side=200, cache_bytes=1 << 30)):
+        for _ in range(2):  # decoded, then (for the second) from the cache
+            image, target = dataset[0]
+            truth = target["ground_truth"]
+            boxes, labels, keep = sanitize_boxes(wide, record.labels, record.width, record.height)
+            np.testing.assert_array_equal(truth["boxes"], boxes)
+            np.testing.assert_array_equal(truth["labels"], labels)
+            np.testing.assert_array_equal(truth["ignore"], crowd[keep])
+            np.testing.assert_array_equal(truth["area"], record.area[keep])
+            assert len(target["boxes"]) == len(boxes) - 1  # the crowd box is no training target
+    assert max(image.shape[1:]) == 200  # the image (and its training boxes) shrunk, the truth did not

@@ -1,4 +1,4 @@
-"""File helpers shared by the VOC and COCO writers (private to the data package)."""
+"""File helpers shared by the VOC and COCO readers and writers, and the image extensions the package reads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,11 @@ from pathlib import Path
 from ..errors import DatasetError
 from .records import ImageRecord
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+                 ".webp": "WEBP"}
+"""Lower-case image file extension -> the format (as PIL names it) such a file should hold."""
+IMAGE_EXTENSIONS = tuple(IMAGE_FORMATS)
+"""The extensions taken as image files (VOC image lookup, CLI folders), the one list of them."""
 
 
 def place_images(paths: Sequence[Path], folder: Path) -> list[str]:

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import DatasetError, InputError
+from ._files import IMAGE_FORMATS
+from .boxes import MIN_BOX_SIDE, sanitize_boxes
 from .dataset import Dataset
 from .image import ImageInfo, probe_image
-from .loader import MIN_BOX_SIDE, sanitize_boxes
 from .policy import DEFAULT_ON_ERROR, check_on_error, refusal, skipped_counts
 from .problems import SEVERITIES, Problem, drop_list
 from .records import ImageRecord
@@ -32,8 +33,6 @@ logger = logging.getLogger(__name__)
 CLIP_TOLERANCE = 4.0
 """A box reaching at most this many pixels past the image edge is clipped (fixed); further is an error."""
 
-_EXTENSION_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF",
-                      ".tiff": "TIFF", ".webp": "WEBP"}
 _LISTED_PER_CODE = 10  # non-errors shown per code in the text report (to_dict() has them all)
 _HEADINGS = {
     "error": "Errors (left out as the brackets say, or fit raises DatasetError, as on_error says)",
@@ -269,7 +268,7 @@ def _image_notes(rec: ImageRecord, info: ImageInfo) -> list[Problem]:
         alpha = " (its alpha channel is dropped)" if "alpha" in info.pixels or "RGBA" in info.pixels else ""
         notes.append(Problem("fixed", "mode_converted", image, f"{info.pixels} image{alpha}", name,
                              "converted to 8-bit RGB on load"))
-    expected = _EXTENSION_FORMATS.get(rec.path.suffix.lower())
+    expected = IMAGE_FORMATS.get(rec.path.suffix.lower())
     if expected and expected != info.format:
         notes.append(Problem("info", "format_mismatch", image, f"{info.format} data in a {rec.path.suffix} file",
                              name, "decoded by content"))

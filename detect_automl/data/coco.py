@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from ._files import check_classes, check_labels, place_images
+from .boxes import xywh_to_xyxy, xyxy_to_xywh
 from .problems import Invalid, Problem, raise_problem, report_error
 from .records import ImageRecord
 
@@ -101,11 +102,10 @@ def write_coco(
     images, annotations = [], []
     for image_id, name, rec in zip(image_ids, names, records):
         images.append({"id": image_id, "file_name": name, "width": int(rec.width), "height": int(rec.height)})
-        for box, label, crowd, difficult, area in zip(rec.boxes, rec.labels, rec.iscrowd, rec.difficult,
-                                                      rec.object_area):
-            x1, y1, x2, y2 = (_plain(v) for v in box)
+        for box, label, crowd, difficult, area in zip(xyxy_to_xywh(rec.boxes), rec.labels, rec.iscrowd,
+                                                      rec.difficult, rec.object_area):
             ann = {"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label) + 1,
-                   "bbox": [x1, y1, _plain(x2 - x1), _plain(y2 - y1)], "area": _plain(area), "iscrowd": int(crowd)}
+                   "bbox": [_plain(v) for v in box], "area": _plain(area), "iscrowd": int(crowd)}
             if difficult:
                 ann["difficult"] = 1
             annotations.append(ann)
@@ -257,7 +257,7 @@ def _xyxy(bbox: Any, where: str) -> list[float]:
         raise Invalid("field_type", f"{where}: bbox must be 4 numbers [x, y, w, h], got {bbox!r}") from None
     if not np.isfinite([x, y, w, h]).all():
         raise Invalid("box_nan", f"{where}: bbox has a non-finite value: {bbox!r}")
-    return [x, y, x + w, y + h]
+    return xywh_to_xyxy([x, y, w, h]).tolist()
 
 
 def _area(value: Any) -> float:

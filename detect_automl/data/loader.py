@@ -1,4 +1,4 @@
-"""Torch dataset wrapper, box sanitising, collate and DataLoader construction."""
+"""Torch dataset wrapper, collate and DataLoader construction (box rules: :mod:`.boxes`)."""
 
 from __future__ import annotations
 
@@ -12,58 +12,29 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from ..errors import InputError
+from .boxes import MIN_BOX_SIDE, sanitize_boxes
 from .dataset import Dataset
 from .image import read_image
 from .records import ImageRecord
 from .transforms import Transform, build_transforms, identity
 
-__all__ = ["DetectionDataset", "sanitize_boxes", "collate", "make_loader"]
-
-MIN_BOX_SIDE = 1.0
-"""Boxes narrower or lower than this many pixels after clipping are dropped (torchvision rejects them)."""
-
-
-def sanitize_boxes(
-    boxes: np.ndarray, labels: np.ndarray, width: float, height: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Clip xyxy boxes to a ``width`` x ``height`` image and drop those under 1 px wide or high.
-
-    Non-finite boxes are dropped too. Training and evaluation share this rule.
-
-    Args:
-        boxes: (N, 4) xyxy pixels.
-        labels: (N,) class ids.
-        width, height: size of the decoded image.
-
-    Returns:
-        ``(boxes float32 (M, 4), labels int64 (M,), keep bool (N,))`` where ``keep`` marks the
-        input boxes that survived.
-
-    >>> sanitize_boxes(np.array([[-5, 0, 10, 10], [3, 3, 3, 3]]), np.array([0, 1]), 8, 8)[0]
-    array([[0., 0., 8., 8.]], dtype=float32)
-    """
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    finite = np.isfinite(boxes).all(axis=1)
-    clipped = np.where(finite[:, None], boxes, 0.0).astype(np.float32)
-    np.clip(clipped[:, 0::2], 0.0, width, out=clipped[:, 0::2])
-    np.clip(clipped[:, 1::2], 0.0, height, out=clipped[:, 1::2])
-    w = clipped[:, 2] - clipped[:, 0]
-    h = clipped[:, 3] - clipped[:, 1]
-    keep = finite & (w >= MIN_BOX_SIDE) & (h >= MIN_BOX_SIDE)
-    return clipped[keep], labels[keep], keep
+__all__ = ["DetectionDataset", "collate", "make_loader"]
 
 
 class DetectionDataset(torch.utils.data.Dataset):
     """Torch view of a :class:`Dataset`: decoded images and torchvision-style targets.
 
     Each item is ``(image, target)``: ``image`` float32 (3, H, W) in [0, 1]; ``target`` holds
-    ``boxes`` float32 (N, 4) xyxy pixels, ``labels`` int64 (N,) 0-based class ids and
-    ``image_id`` (the int index in this dataset). Boxes are clipped to the decoded image and
-    those under 1 px wide or high are dropped (see :func:`sanitize_boxes`); one warning per
-    dataset summarises the drops. COCO crowd boxes are never targets (as in torchvision's
-    detection references); evaluation reads them from the records, as regions to ignore. Images
-    without boxes, or with crowd boxes only, give ``boxes`` of shape (0, 4).
+    ``boxes`` float32 (N, 4) xyxy pixels, ``labels`` int64 (N,) 0-based class ids,
+    ``image_id`` (the int index in this dataset) and ``ground_truth``, what evaluation scores
+    against: the record's boxes in the original image's pixels (before any shrinking or
+    augmentation), as :func:`~detect_automl.metrics.coco_metrics` takes them (numpy ``boxes``,
+    ``labels``, ``ignore`` = difficult or crowd, ``area``: NaN where unknown). Boxes are clipped to
+    the decoded image and those under 1 px wide or high are dropped, in both (see
+    :func:`~detect_automl.data.boxes.sanitize_boxes`); one warning per dataset summarises the
+    drops. COCO crowd boxes are never training targets (as in torchvision's detection
+    references), only ``ground_truth`` regions to ignore. Images without boxes, or with crowd
+    boxes only, give ``boxes`` of shape (0, 4).
 
     Args:
         dataset: the records to serve.
@@ -84,7 +55,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.transforms = transforms or identity
         self.max_side = max_side
         self.cache_bytes = int(cache_bytes)
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = {}
         self._cached_bytes = 0
         self._expected_drops = np.array([_count_drops(r) for r in dataset.records], dtype=np.int64)
         self._warned = False
@@ -97,16 +68,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        image, boxes, labels = self._cache[index] if index in self._cache else self._decode(index)
+        image, boxes, labels, truth = self._cache[index] if index in self._cache else self._decode(index)
         image, boxes, labels = self.transforms(image.copy(), boxes.copy(), labels.copy())
         boxes, labels, _ = sanitize_boxes(boxes, labels, image.shape[1], image.shape[0])
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": int(index)}
+        target = {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels), "image_id": int(index),
+                  "ground_truth": dict(truth)}
         return tensor, target
 
-    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The image (shrunk to ``max_side``) with its sanitised, non-crowd boxes; kept in the
-        cache while it has room."""
+    def _decode(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """The image (shrunk to ``max_side``) with its sanitised, non-crowd boxes, and the ground
+        truth in original pixels; kept in the cache while it has room."""
         record = self.dataset[index]
         image = read_image(record.path)
         height, width = image.shape[:2]
@@ -114,14 +86,15 @@ class DetectionDataset(torch.utils.data.Dataset):
         dropped = int((~keep).sum())
         if dropped > self._expected_drops[index] and not self._warned:  # decoded size != annotated
             self._warn(dropped, 1, record, record.boxes[~keep][0])
+        truth = {"boxes": boxes, "labels": labels, "ignore": record.ignore[keep], "area": record.area[keep]}
         not_crowd = ~record.iscrowd[keep]
         boxes, labels = boxes[not_crowd], labels[not_crowd]
         if self.max_side is not None and max(height, width) > self.max_side:
             image, boxes = _shrink(image, boxes, self.max_side / max(height, width))
         if self._cached_bytes + image.nbytes <= self.cache_bytes:
-            self._cache[index] = (image, boxes, labels)
+            self._cache[index] = (image, boxes, labels, truth)
             self._cached_bytes += image.nbytes
-        return image, boxes, labels
+        return image, boxes, labels, truth
 
     def __repr__(self) -> str:
         return f"DetectionDataset({self.dataset!r}, transforms={self.transforms!r})"

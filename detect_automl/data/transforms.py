@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from .boxes import MIN_BOX_SIDE
 
 __all__ = ["build_transforms", "identity", "Transform"]
 
@@ -20,7 +21,6 @@ Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.
 """``(image HxWx3 uint8, boxes (N, 4) float32 xyxy, labels (N,) int64) -> the same, augmented``."""
 
 _MIN_VISIBILITY = 0.1  # a box cut to less than 10 % of its area is dropped, never kept as a sliver
-_MIN_SIDE = 1.0  # pixels
 
 
 def build_transforms(train: bool, augment: float = 0.5, seed: int | None = None) -> Transform:
@@ -72,7 +72,7 @@ class _Albumentations:
         A = _albumentations()
         bbox_params = A.BboxParams(
             format="pascal_voc", label_fields=["labels"], min_visibility=_MIN_VISIBILITY,
-            min_width=_MIN_SIDE, min_height=_MIN_SIDE, clip=True,
+            min_width=MIN_BOX_SIDE, min_height=MIN_BOX_SIDE, clip=True,
         )
         self.pipeline = A.Compose(list(ops), bbox_params=bbox_params, seed=seed)
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.loader import make_loader, sanitize_boxes
+from ..data.loader import make_loader
 from ..metrics import coco_metrics
 
 __all__ = ["predict_loader", "evaluate", "validation_seconds_per_image"]
@@ -33,13 +33,13 @@ def predict_loader(
 
     Returns:
         ``(ground_truth, predictions)``, one numpy dict each per image in loader order, in the
-        form :func:`detect_automl.metrics.coco_metrics` takes. Ground truth follows the same
-        clipping rule as training, and carries the records' difficult/crowd flags as ``ignore`` and
-        their object areas as ``area`` (NaN: the box area).
+        form :func:`detect_automl.metrics.coco_metrics` takes. Ground truth is each target's
+        ``ground_truth`` (see :class:`~detect_automl.data.loader.DetectionDataset`): the record's
+        boxes in original pixels under the same clipping rule as training, its difficult/crowd
+        flags as ``ignore`` and its object areas as ``area`` (NaN: the box area).
     """
     was_training = model.training
     model.eval()
-    records = loader.dataset.dataset.records
     ground_truth, predictions = [], []
     start = time.monotonic()
     try:
@@ -49,11 +49,8 @@ def predict_loader(
                 break
             images = [img.to(device, non_blocking=True) for img in images]
             outputs = model(images)
-            for image, target, out in zip(images, targets, outputs):
-                record = records[int(target["image_id"])]
-                boxes, labels, keep = sanitize_boxes(record.boxes, record.labels, image.shape[2], image.shape[1])
-                ground_truth.append({"boxes": boxes, "labels": labels, "ignore": record.ignore[keep],
-                                     "area": record.area[keep]})
+            for target, out in zip(targets, outputs):
+                ground_truth.append(target["ground_truth"])
                 predictions.append({k: out[k].float().numpy() for k in ("boxes", "scores", "labels")})
     finally:
         model.train(was_training)
