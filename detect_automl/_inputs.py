@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +90,4 @@ def match_classes(data: Dataset, class_names: list[str]) -> Dataset:
             f"the dataset's classes {unknown} are not among the model's classes {class_names}; "
             "evaluate on data labelled with the classes the model was trained on"
         )
-    mapping = np.array([class_names.index(c) for c in data.classes], dtype=np.int64)
-    records = [replace(r, labels=mapping[r.labels]) for r in data.records]  # boxes keep their flags and areas
-    return Dataset.from_records(records, list(class_names), root=data.root, format=data.format,
-                                problems=data.problems)
+    return data.with_classes(class_names)

@@ -147,6 +147,30 @@ def test_reindexing_keeps_each_box_with_its_area(datasets_dir):
     assert sum(len(r.boxes) for r in ds) == 15 and np.isfinite(np.concatenate([r.area for r in ds])).all()
 
 
+def test_with_classes_reindexes_by_name_into_a_new_dataset(datasets_dir, caplog):
+    original = Dataset(datasets_dir / "fruits_nuts", split="val")  # classes date, fig, hazelnut
+    labels_before = [r.labels.copy() for r in original]
+    wider = original.with_classes(["hazelnut", "walnut", "date", "fig"])
+    assert wider.classes == ["hazelnut", "walnut", "date", "fig"] and wider.root == original.root
+    for new, old, before in zip(wider, original, labels_before):
+        assert new is not old
+        np.testing.assert_array_equal(new.labels, np.array([2, 3, 0])[before])
+        np.testing.assert_array_equal(old.labels, before)  # the source records are unchanged
+        np.testing.assert_array_equal(new.boxes, old.boxes)
+    with pytest.raises(DatasetError, match=r"instances_val\.json: image \d+: box #\d+: class 'fig' is not in classes"):
+        original.with_classes(["date", "hazelnut"])
+    with caplog.at_level(logging.WARNING):
+        fewer = original.with_classes(["date", "hazelnut"], on_unknown="drop")
+    fig = sum(int((r.labels == 1).sum()) for r in original)
+    assert fewer.stats()["boxes_per_class"] == {"date": sum(int((r.labels == 0).sum()) for r in original),
+                                                "hazelnut": sum(int((r.labels == 2).sum()) for r in original)}
+    assert len(fewer) == len(original) and len(fewer.problems) == fig > 0
+    assert {(p.code, p.drops) for p in fewer.problems} == {("unknown_class", "box")}
+    assert f"{fig} box(es) of classes not in ['date', 'hazelnut'] left out" in caplog.text
+    with pytest.raises(InputError, match="on_unknown"):
+        original.with_classes(["date"], on_unknown="ignore")
+
+
 def test_voc_with_unknown_class_in_given_list(datasets_dir):
     with pytest.raises(DatasetError, match=r"BloodImage_\d+\.xml: object #\d+ has class"):
         Dataset(datasets_dir / "bccd", split="test", classes=["RBC", "WBC"], on_error="raise")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = ["Dataset"]
 logger = logging.getLogger(__name__)
 
 _FORMATS = ("voc", "coco")
+_ON_UNKNOWN = ("raise", "drop")
 
 
 class Dataset:
@@ -78,8 +80,10 @@ class Dataset:
             names, records = read_voc(path, split=split, classes=classes, problems=problems)
         elif format == "coco":
             names, records, _ = read_coco(_coco_json(path, split), images=images, problems=problems)
-            if classes is not None:
-                names, records = _reindex(names, records, check_classes(classes), problems)
+            if classes is not None:  # boxes of other classes count as errors under the on_error policy below
+                relabelled = Dataset.from_records(records, names).with_classes(classes, on_unknown="drop")
+                names, records = relabelled.classes, relabelled.records
+                problems.extend(relabelled.problems)
         else:
             raise InputError(f"format must be one of {_FORMATS} or None, got {format!r}")
         reason = refusal(on_error, problems, len(records), sum(len(r.boxes) for r in records))
@@ -164,6 +168,51 @@ class Dataset:
                 raise InputError(f"subset indices must be integers below {len(self)} ({exc})") from None
         return Dataset.from_records(chosen, self.classes, root=self.root, format=self.format)
 
+    def with_classes(self, names: Sequence[str], on_unknown: str = "raise") -> Dataset:
+        """A new Dataset whose labels index ``names``, matched by class name (records are not changed).
+
+        Args:
+            names: the new class list, e.g. a model's classes; it may hold classes this dataset
+                lacks, and order them differently.
+            on_unknown: what a box whose class is not in ``names`` does: ``"raise"`` (a
+                DatasetError naming its file, image and class: ``evaluate`` matching a dataset
+                to a model) or ``"drop"`` (the box is left out, listed as an ``unknown_class``
+                error in the new Dataset's ``problems``, and one warning is logged: reading a
+                COCO file with ``classes=``, whose ``on_error`` policy then weighs them).
+
+        Returns:
+            A Dataset with the same images, root, format and ``problems`` (plus the dropped boxes).
+
+        Raises:
+            DatasetError: ``on_unknown="raise"`` and a box's class is not in ``names``, or
+                ``names`` repeats a name.
+            InputError: ``on_unknown`` is neither ``"raise"`` nor ``"drop"``.
+
+        >>> ds = Dataset("datasets/fruits_nuts", split="val")  # doctest: +SKIP
+        >>> ds.with_classes(["hazelnut", "date", "fig", "walnut"]).classes  # doctest: +SKIP
+        ['hazelnut', 'date', 'fig', 'walnut']
+        """
+        if on_unknown not in _ON_UNKNOWN:
+            raise InputError(f"on_unknown must be one of {_ON_UNKNOWN}, got {on_unknown!r}")
+        names = check_classes(names)
+        position = {name: k for k, name in enumerate(names)}
+        mapping = np.array([position.get(name, -1) for name in self.classes], dtype=np.int64)
+        dropped: list[Problem] | None = [] if on_unknown == "drop" else None
+        records = []
+        for rec in self.records:
+            known = mapping[rec.labels] >= 0
+            for k in np.flatnonzero(~known):
+                report_error(dropped, "unknown_class", rec.source or rec.path, f"image {rec.name}: box #{k}: class "
+                             f"{self.classes[int(rec.labels[k])]!r} is not in classes {names}", rec.name,
+                             "box skipped", "box")
+            kept = rec if known.all() else rec.with_boxes(known)
+            records.append(replace(kept, labels=mapping[kept.labels]))
+        if dropped:
+            logger.warning("%d box(es) of classes not in %s left out, e.g. %s (Dataset.problems lists them)",
+                           len(dropped), names, dropped[0])
+        return Dataset.from_records(records, names, root=self.root, format=self.format,
+                                    problems=[*self.problems, *(dropped or ())])
+
     def stats(self) -> dict:
         """Counts: ``num_images``, ``num_boxes``, ``boxes_per_class`` {name: n}, ``images_without_boxes``."""
         labels = np.concatenate([r.labels for r in self.records]) if self.records else np.zeros(0, np.int64)
@@ -213,25 +262,6 @@ def _coco_json(path: Path, split: str | None) -> Path:
     if not json_path.is_file():
         raise DatasetError(f"{json_path}: not found (splits present: {available or 'none'})")
     return json_path
-
-
-def _reindex(
-    names: list[str], records: list[ImageRecord], classes: list[str], problems: list[Problem]
-) -> tuple[list[str], list[ImageRecord]]:
-    """Re-index COCO labels into a given class list (by name); boxes of other classes are recorded."""
-    position = {name: k for k, name in enumerate(classes)}
-    mapping = np.array([position.get(name, -1) for name in names], dtype=np.int64)
-    out = []
-    for rec in records:
-        new = mapping[rec.labels]
-        known = new >= 0
-        for k in np.flatnonzero(~known):
-            report_error(problems, "unknown_class", rec.source, f"image {rec.image_id}: box #{k}: class "
-                         f"{names[int(rec.labels[k])]!r} is not in classes {classes}", rec.image_id, "box skipped",
-                         "box")
-        rec.labels = new
-        out.append(rec if known.all() else rec.with_boxes(known))
-    return classes, out
 
 
 def _read_errors(path: Path, problems: list[Problem], reason: str) -> str:
