@@ -4,19 +4,34 @@ The numbers follow the COCO protocol exactly (101-point interpolated precision, 
 0.50:0.05:0.95, at most 100 detections per image) so they compare with published ones. Boxes
 flagged ``ignore`` (VOC ``difficult``, COCO ``iscrowd``) are evaluated as COCO crowd regions: a
 detection matched to one is neither a true nor a false positive.
+
+pycocotools is the evaluator of record. ``faster-coco-eval`` (``pip install
+detect-automl[fast]``) is an optional drop-in with the same numbers (benchmarks/bench_coco_eval.py
+checks them to 1e-6 and times both): choose it per call with ``faster=True``, or for every
+evaluation, ``fit``'s validations included, with the environment variable
+``DETECT_AUTOML_FASTER_COCO_EVAL=1``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from detect_automl.errors import InputError
+from .data.boxes import xyxy_to_xywh
+from .errors import InputError
 
-__all__ = ["coco_metrics"]
+__all__ = ["coco_metrics", "FASTER_ENV"]
+
+logger = logging.getLogger(__name__)
+
+FASTER_ENV = "DETECT_AUTOML_FASTER_COCO_EVAL"
+"""Set to 1 (or true, yes) to evaluate with faster-coco-eval wherever ``faster`` is not given."""
 
 _RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)  # COCOeval.params.recThrs
 _IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)  # COCOeval.params.iouThrs
@@ -86,12 +101,6 @@ def _optional(item: Mapping, key: str, dtype: Any, missing: Any, where: str, n: 
     return values
 
 
-def _xywh(box: np.ndarray) -> list[float]:
-    """Converts one xyxy box to a COCO ``[x, y, width, height]`` list of Python floats."""
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1, y1, x2 - x1, y2 - y1]
-
-
 def _build(
     gts: list[dict], preds: list[dict], class_names: Sequence[str], ground_truth: Sequence[Mapping]
 ) -> tuple[dict, list[dict]]:
@@ -103,8 +112,8 @@ def _build(
             if ground_truth[i].get(key) is not None:
                 image[key] = int(ground_truth[i][key])
         images.append(image)
-        for box, label, ignore, area in zip(gt["boxes"], gt["labels"], gt["ignore"], gt["area"]):
-            bbox = _xywh(box)
+        for bbox, label, ignore, area in zip(xyxy_to_xywh(gt["boxes"]).tolist(), gt["labels"], gt["ignore"],
+                                             gt["area"]):
             annotations.append({
                 "id": len(annotations) + 1,  # pycocotools treats id 0 as "unmatched"
                 "image_id": i + 1,
@@ -113,13 +122,20 @@ def _build(
                 "area": bbox[2] * bbox[3] if np.isnan(area) else float(area),  # COCO's: the object's area
                 "iscrowd": int(bool(ignore)),
             })
-        for box, label, score in zip(pred["boxes"], pred["labels"], pred["scores"]):
-            results.append({"image_id": i + 1, "category_id": int(label) + 1,
-                            "bbox": _xywh(box), "score": float(score)})
+        for bbox, label, score in zip(xyxy_to_xywh(pred["boxes"]).tolist(), pred["labels"], pred["scores"]):
+            results.append({"image_id": i + 1, "category_id": int(label) + 1, "bbox": bbox, "score": float(score)})
     categories = [{"id": k + 1, "name": str(name)} for k, name in enumerate(class_names)]
     return {"images": images, "annotations": annotations, "categories": categories}, results
 
 
+def _wants_faster(faster: bool | None) -> bool:
+    """``faster``, or when None, what :data:`FASTER_ENV` says (default: pycocotools)."""
+    if faster is not None:
+        return bool(faster)
+    return os.environ.get(FASTER_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+@functools.lru_cache(maxsize=2)
 def _evaluator(faster: bool) -> tuple[type, type]:
     """Returns the ``(COCO, COCOeval)`` classes: faster_coco_eval if asked and installed."""
     if faster:
@@ -128,7 +144,8 @@ def _evaluator(faster: bool) -> tuple[type, type]:
 
             return COCO, COCOeval_faster
         except ImportError:
-            pass
+            logger.warning("faster-coco-eval is not installed (pip install detect-automl[fast]): "
+                           "evaluating with pycocotools")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -174,7 +191,7 @@ def coco_metrics(
     ground_truth: Sequence[Mapping],
     predictions: Sequence[Mapping],
     class_names: Sequence[str],
-    faster: bool = False,
+    faster: bool | None = None,
 ) -> dict:
     """Computes COCO box metrics for predictions against ground truth, image by image.
 
@@ -187,7 +204,9 @@ def coco_metrics(
         predictions: One mapping per image, same order: ``boxes`` (M, 4) xyxy, ``scores`` (M,),
             ``labels`` (M,) 0-based. Only the 100 best-scoring boxes per image count (COCO rule).
         class_names: The class names; label ``k`` is ``class_names[k]``.
-        faster: Use faster_coco_eval when installed (same numbers, faster); pycocotools otherwise.
+        faster: Use faster-coco-eval when installed (the same numbers, faster; without it
+            pycocotools, with one warning); False: pycocotools; None: as the environment
+            variable :data:`FASTER_ENV` says (pycocotools unless it is 1).
 
     Returns:
         A JSON-serialisable dict: ``map`` (AP@[.5:.95]), ``map_50``, ``map_75``, ``map_small``,
@@ -225,7 +244,7 @@ def coco_metrics(
     precision = None
 
     if results and has_gt.any():
-        coco_cls, eval_cls = _evaluator(faster)
+        coco_cls, eval_cls = _evaluator(_wants_faster(faster))
         with contextlib.redirect_stdout(io.StringIO()):
             coco_gt = coco_cls()
             coco_gt.dataset = dataset

@@ -266,6 +266,40 @@ def test_equals_raw_pycocotools_on_json_files(seed, tmp_path):
     assert faster["map"] == pytest.approx(stats[0], abs=1e-9)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_faster_coco_eval_gives_the_same_figures(seed):
+    """The optional evaluator matches pycocotools in every figure (benchmarks/bench_coco_eval.py times it)."""
+    pytest.importorskip("faster_coco_eval")
+    gt, preds = _random_case(seed, num_images=40)
+    for g in gt[::3]:  # some objects with a COCO area (e.g. a segmentation's) other than the box's
+        g["area"] = np.full(len(g["labels"]), 900.0)
+    reference = coco_metrics(gt, preds, ["c0", "c1", "c2"], faster=False)
+    faster = coco_metrics(gt, preds, ["c0", "c1", "c2"], faster=True)
+    assert faster.keys() == reference.keys()
+    for key in ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "mar_100"):
+        assert faster[key] == pytest.approx(reference[key], abs=1e-6), key
+    for key in ("per_class", "per_class_50"):
+        assert faster[key] == pytest.approx(reference[key], abs=1e-6), key
+    for key in ("precision_50", "precision_75"):
+        for name, curve in reference["pr_curves"][key].items():
+            assert faster["pr_curves"][key][name] == (None if curve is None else pytest.approx(curve, abs=1e-6))
+
+
+def test_the_environment_variable_chooses_the_evaluator(monkeypatch):
+    from detect_automl import metrics
+
+    asked = []
+    real = metrics._evaluator
+    monkeypatch.setattr(metrics, "_evaluator", lambda faster: asked.append(faster) or real(False))
+    gt, preds = _random_case(0)
+    monkeypatch.delenv(metrics.FASTER_ENV, raising=False)
+    coco_metrics(gt, preds, ["c0", "c1", "c2"])
+    monkeypatch.setenv(metrics.FASTER_ENV, "1")
+    coco_metrics(gt, preds, ["c0", "c1", "c2"])
+    coco_metrics(gt, preds, ["c0", "c1", "c2"], faster=False)  # the argument wins
+    assert asked == [False, True, False]
+
+
 def test_pr_curves_of_perfect_predictions_are_one_everywhere():
     gt = _multi_class_gt()
     preds = [_pred(g["boxes"], g["labels"], np.ones(len(g["labels"]))) for g in gt]
