@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
 from datetime import datetime
@@ -13,7 +12,7 @@ from typing import Any, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from .budget import Budget
+from .budget import Budget, time_limit_holding, wrap_up_seconds
 from .config import TrainConfig
 from .data.checks import check_dataset
 from .data.dataset import Dataset
@@ -107,7 +106,7 @@ def fit(
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
     searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
-    _reserve(time_limit, searching)  # refuses a time_limit too short to save a model
+    wrap_up_seconds(time_limit, searching)  # refuses a time_limit too short to save a model
     train, val, bad_data = _check_data(train, val, on_error, searching, val_fraction, seed)
     gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
     base, space, tuning = _configure(presets, gpu, dict(hyperparameters or {}), dict(search_space or {}), time_limit,
@@ -116,7 +115,7 @@ def fit(
     total = None if time_limit is None else Budget.from_seconds(time_limit, start)
     if not searching:
         device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        detector = _train_one(train, val, base, device, _minus(total, _reserve(time_limit, False)), progress)
+        detector = _train_one(train, val, base, device, _minus(total, wrap_up_seconds(time_limit, False)), progress)
     else:
         request = SearchRequest(
             base=base, space=space, points=search_points(space, base, portfolio(presets, gpu, tuning)),
@@ -182,24 +181,10 @@ def _finetuning(pretrained: str | None) -> bool:
     return pretrained not in (None, "imagenet")
 
 
-def _reserve(time_limit: float | None, searching: bool) -> float:
-    """Seconds kept back from ``time_limit`` for restoring and saving the best (and stopping Ray)."""
-    if time_limit is None:
-        return 0.0
-    # Measured: Ray start ~3-6 s, Tune's wrap-up and shutdown ~2-10 s (more with GPU trials).
-    reserve = min(60.0, 8.0 + 0.04 * float(time_limit)) if searching else 3.0
-    if float(time_limit) <= reserve + 1.0:
-        raise InputError(f"time_limit={time_limit} s is too short: at least {reserve + 1.0:.0f} s are needed")
-    return reserve
-
-
 def _time_limit_for(search_seconds: float, total: Budget, time_limit: float) -> float:
     """The smallest ``time_limit`` whose search budget, after what this fit already spent (data
     checks, the probe) and its reserve for the wrap-up, holds ``search_seconds``."""
-    spent = float(time_limit) - total.remaining()
-    needed = search_seconds + spent
-    candidates = [math.ceil(limit) for limit in ((needed + 8.0) / 0.96, needed + 60.0)]  # _reserve's branches
-    return min(limit for limit in candidates if limit - _reserve(limit, True) >= needed - 1e-6)
+    return time_limit_holding(search_seconds + float(time_limit) - total.remaining())
 
 
 def _minus(budget: Budget | None, seconds: float) -> Budget | None:
@@ -256,7 +241,7 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     from .tune.leader import continue_best
     from .tune.search import run_search
 
-    budget = _minus(total, _reserve(time_limit, True))
+    budget = _minus(total, wrap_up_seconds(time_limit, True))
     plan = plan_search(request, train, budget)
     needed = None if plan.needed_seconds is None else _time_limit_for(plan.needed_seconds, total, time_limit)
     in_process = plan.num_run == 1 and request.ray_address is None and not request.resume and bool(request.points)
@@ -268,7 +253,7 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     if in_process:
         config = request.base.replace(**request.points[0])
         device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-        return _train_one(train, val, config, device, _minus(total, _reserve(time_limit, False)), request.progress,
+        return _train_one(train, val, config, device, _minus(total, wrap_up_seconds(time_limit, False)), request.progress,
                           not_run=_left_out(request, plan))
     outcome = run_search(train, val, request, plan, budget)
     if outcome.best_state is None:
@@ -286,7 +271,7 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     if total is not None and not request.resume:
         # Ray has shut down by now: only the save is left to reserve time for.
         board, metrics = continue_best(detector, config, train, val, board, outcome.history, metrics,
-                                       total.minus(_reserve(time_limit, False)), time_limit, request.progress,
+                                       total.minus(wrap_up_seconds(time_limit, False)), time_limit, request.progress,
                                        outcome.gpus_per_trial)
     board = sort_leaderboard(board.to_dict("records") + _not_run_rows(request.base, _left_out(request, plan)))
     return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import detect_automl as da
-from detect_automl.budget import Budget
+from detect_automl.budget import Budget, wrap_up_seconds
 from detect_automl.config import TrainConfig
 from detect_automl.tune.plan import (
     Hardware,
@@ -159,5 +159,5 @@ def test_the_time_limit_the_warning_names_leaves_the_search_the_seconds_it_needs
     for time_limit, needed in ((60, 500.0), (600, 3000.0), (600, 90_000.0)):
         total = Budget.from_seconds(time_limit - 7)  # 7 s already spent on checks and the probe
         limit = api._time_limit_for(needed, total, time_limit)
-        assert limit - api._reserve(limit, True) - 7 >= needed - 0.1, (time_limit, needed, limit)
-        assert (limit - 2) - api._reserve(limit - 2, True) - 7 < needed  # and no more than that (to the second)
+        assert limit - wrap_up_seconds(limit, True) - 7 >= needed - 0.1, (time_limit, needed, limit)
+        assert (limit - 2) - wrap_up_seconds(limit - 2, True) - 7 < needed  # and no more than that (to the second)

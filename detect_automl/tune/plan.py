@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..budget import Budget
+from ..budget import SEARCH_OVERHEAD_S, Budget
 from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
@@ -34,10 +34,6 @@ FIDELITY_FLOOR_STEPS = 1500
 """Optimizer steps a trial needs before its validation mAP ranks it (benchmarks/RESULTS.md,
 "Rung rank correlation and the fidelity floor": rank correlation of rung-k val mAP with the
 final one, per k)."""
-
-SEARCH_OVERHEAD_S = 10.0
-"""Seconds of a search's budget its trials cannot train in: Ray's start and a worker's start
-per slot (``fit`` keeps the wrap-up and the save apart, after the search's budget)."""
 
 THREAD_SPEEDUP = 1.4
 """How much faster a CPU step runs on twice the threads (the design notes' table: 1.35-1.9 for the
