@@ -385,7 +385,8 @@ def test_a_search_the_budget_cannot_carry_trains_the_default_alone_for_the_whole
 
 def test_tune_keeps_the_checkpoint_of_the_engines_best_epoch_when_map_ties(tmp_path):
     """Epoch 2 ties epoch 1 on mAP and loses on mAP@50: the engine's best is epoch 1, which Tune,
-    keeping the later of equal scores, dropped when it ranked by val_map alone."""
+    keeping the later of equal scores, dropped when it ranked by val_map alone. Tune's keeper and
+    the private pick among what it kept are driven directly: a real search leaves ties to chance."""
     from ray.train import Checkpoint, CheckpointConfig
     from ray.train._internal.checkpoint_manager import _CheckpointManager  # Tune's own keeper, as trials use it
     from ray.train._internal.session import _TrainingResult
