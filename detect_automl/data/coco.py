@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import orjson
 
 from ._files import check_classes, check_labels, place_images
 from .boxes import xywh_to_xyxy, xyxy_to_xywh
@@ -56,18 +58,11 @@ def read_coco(
     label_of = {cid: k for k, cid in enumerate(cat_ids)}
     image_entries = _image_entries(data, json_path, problems)
     folder = _images_dir(json_path, image_entries, images)
-    objects: dict[Any, list[tuple]] = {entry["id"]: [] for entry in image_entries}
-    required = ("image_id", "category_id", "bbox")
-    for k, ann in _entries(data, "annotations", json_path, required, problems, optional=True):
-        where = f"annotation id {ann['id']!r}" if "id" in ann else f"annotation #{k}"
-        try:
-            parsed = _annotation(ann, where, objects, label_of)
-        except Invalid as exc:
-            report_error(problems, exc.code, json_path, exc.message, str(ann["image_id"]), "annotation skipped",
-                         "box")
-        else:
-            objects[ann["image_id"]].append(parsed)
-    records = [_image_record(e, objects[e["id"]], folder, json_path, problems) for e in image_entries]
+    columns = _annotation_columns(data, image_entries, label_of)
+    if columns is None:  # some annotation is not well-formed: read one by one, naming each bad one
+        columns = _annotations_one_by_one(data, image_entries, label_of, json_path, problems)
+    folder = folder.absolute()  # records hold absolute paths: trials run in other working directories
+    records = [_image_record(e, c, folder, json_path, problems) for e, c in zip(image_entries, columns)]
     return classes, [r for r in records if r is not None], cat_ids
 
 
@@ -122,12 +117,20 @@ def default_images_dir(json_path: str | Path) -> Path:
 
 
 def _load_json(path: Path) -> dict:
+    """The parsed file: with orjson (COCO train2017's instances parse in ~60 % of json's time), and
+    with json where orjson refuses what json reads (NaN, integers past 64 bits) or to name the error."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         _fatal("annotation_malformed", path, f"cannot read COCO file ({exc})")
     try:
-        data = json.loads(text)
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    try:
+        data = json.loads(raw.decode("utf-8")) if data is None else data
+    except UnicodeDecodeError as exc:
+        _fatal("annotation_malformed", path, f"cannot read COCO file ({exc})")
     except json.JSONDecodeError as exc:
         _fatal("annotation_malformed", path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
     if not isinstance(data, dict):
@@ -153,17 +156,22 @@ def _entries(
     action, record_key, drops = _SKIPPED[key]
     valid = []
     for k, entry in enumerate(entries):
-        name = f"{key}[{k}]" + (f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else "")
         if not isinstance(entry, dict):
-            report_error(problems, "field_type", path, f"{name} is not an object", action=action, drops=drops)
+            report_error(problems, "field_type", path, f"{_entry_name(key, k, entry)} is not an object", action=action,
+                         drops=drops)
             continue
         missing = [r for r in required if r not in entry]
         if missing:
-            report_error(problems, "field_missing", path, f"{name} has no {', '.join(map(repr, missing))}",
+            report_error(problems, "field_missing", path,
+                         f"{_entry_name(key, k, entry)} has no {', '.join(map(repr, missing))}",
                          str(entry.get(record_key, "")) if record_key else "", action, drops)
             continue
         valid.append((k, entry))
     return valid
+
+
+def _entry_name(key: str, k: int, entry: Any) -> str:
+    return f"{key}[{k}]" + (f" (id {entry['id']!r})" if isinstance(entry, dict) and "id" in entry else "")
 
 
 def _categories(data: dict, path: Path, problems: list[Problem] | None) -> list[dict]:
@@ -201,6 +209,67 @@ def _image_entries(data: dict, path: Path, problems: list[Problem] | None) -> li
     return entries
 
 
+_Columns = tuple  # (boxes xyxy float32 (n, 4), labels int64, iscrowd bool, difficult bool, area float32) of one image
+
+
+def _annotation_columns(data: dict, entries: list[dict], label_of: dict[int, int]) -> list[_Columns] | None:
+    """Every image entry's annotations, read column by column with numpy, in file order.
+
+    The fast path, for a file whose every annotation is well-formed (COCO-sized files are read
+    about as fast as pycocotools reads them): None as soon as one is not (not an object, a key
+    missing, an unknown image or category, a bbox that is not 4 finite numbers, a flag or area of
+    another type), and :func:`_annotations_one_by_one` then reads the file naming each bad one.
+    The two give identical columns on a well-formed file.
+    """
+    anns = data.get("annotations", [])
+    if not isinstance(anns, list):
+        return None
+    row_of = {entry["id"]: k for k, entry in enumerate(entries)}
+    try:
+        rows = np.array([row_of[a["image_id"]] for a in anns], dtype=np.int64)
+        labels = np.array([label_of[a["category_id"]] for a in anns], dtype=np.int64)
+        bbox = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4) if anns else np.zeros((0, 4))
+        flags = [[a.get(key, 0) for a in anns] for key in ("iscrowd", "difficult")]
+        area = [a.get("area") for a in anns]
+        if not all(set(map(type, values)) <= {int, bool} for values in flags) or not set(map(type, area)) <= {
+                int, float, type(None)}:
+            return None
+        area = np.array([np.nan if v is None else v for v in area], dtype=np.float64)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    if len(bbox) != len(anns) or not np.isfinite(bbox).all():
+        return None
+    area = np.where(np.isfinite(area) & (area > 0), area, np.nan)  # as _area: unknown unless a positive number
+    order = np.argsort(rows, kind="stable")
+    columns = (xywh_to_xyxy(bbox[order]).astype(np.float32), labels[order], np.array(flags[0], dtype=bool)[order],
+               np.array(flags[1], dtype=bool)[order], area[order].astype(np.float32))
+    ends = np.cumsum(np.bincount(rows, minlength=len(entries))).tolist()
+    return [tuple(column[start:end] for column in columns) for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _annotations_one_by_one(data: dict, entries: list[dict], label_of: dict[int, int], json_path: Path,
+                            problems: list[Problem] | None) -> list[_Columns]:
+    """Every image entry's annotations, read one by one: each bad one is recorded and skipped."""
+    objects: dict[Any, list[tuple]] = {entry["id"]: [] for entry in entries}
+    required = ("image_id", "category_id", "bbox")
+    for k, ann in _entries(data, "annotations", json_path, required, problems, optional=True):
+        where = f"annotation id {ann['id']!r}" if "id" in ann else f"annotation #{k}"
+        try:
+            parsed = _annotation(ann, where, objects, label_of)
+        except Invalid as exc:
+            report_error(problems, exc.code, json_path, exc.message, str(ann["image_id"]), "annotation skipped",
+                         "box")
+        else:
+            objects[ann["image_id"]].append(parsed)
+    columns = []
+    for entry in entries:
+        boxes, labels, iscrowd, difficult, area = zip(*objects[entry["id"]]) if objects[entry["id"]] else ((),) * 5
+        columns.append((np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
+                        np.asarray(iscrowd, dtype=bool), np.asarray(difficult, dtype=bool),
+                        np.asarray(area, dtype=np.float32)))
+    return columns
+
+
 def _annotation(ann: dict, where: str, objects: dict, label_of: dict[int, int]) -> tuple:
     """``(xyxy, label, iscrowd, difficult, area)`` of one annotation; raises Invalid."""
     if not _hashable(ann["image_id"]) or ann["image_id"] not in objects:
@@ -235,17 +304,16 @@ def _images_dir(json_path: Path, entries: list[dict], images: str | Path | None)
 
 
 def _image_record(
-    entry: dict, objects: list[tuple], folder: Path, json_path: Path, problems: list[Problem] | None
+    entry: dict, columns: _Columns, folder: Path, json_path: Path, problems: list[Problem] | None
 ) -> ImageRecord | None:
     path = folder / str(entry["file_name"])
-    if not path.is_file():
+    if not os.path.isfile(str(path)):
         report_error(problems, "image_missing", json_path, f"image id {entry['id']!r}: file {path} not found",
                      str(entry["id"]), "image skipped", "image")
         return None
-    boxes, labels, iscrowd, difficult, area = zip(*objects) if objects else ((), (), (), (), ())
+    boxes, labels, iscrowd, difficult, area = columns
     return ImageRecord(
-        path=path, width=_int(entry.get("width")), height=_int(entry.get("height")),
-        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4), labels=labels,
+        path=path, width=_int(entry.get("width")), height=_int(entry.get("height")), boxes=boxes, labels=labels,
         iscrowd=iscrowd, difficult=difficult, image_id=str(entry["id"]), source=str(json_path), area=area,
     )
 

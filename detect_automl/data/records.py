@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ImageRecord"]
+__all__ = ["ImageRecord", "pack_records", "unpack_records"]
 
 
 def _empty(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -45,10 +45,13 @@ class ImageRecord:
     area: np.ndarray = field(default_factory=lambda: _empty((0,), np.float32))
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path).absolute()  # trials run in other working directories
-        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        if not (isinstance(self.path, Path) and self.path.is_absolute()):
+            self.path = Path(self.path).absolute()  # trials run in other working directories
+        if not _is(self.boxes, np.float32, 2) or self.boxes.shape[1] != 4:
+            self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
         n = len(self.boxes)
-        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
+        if not _is(self.labels, np.int64, 1) or len(self.labels) != n:
+            self.labels = np.asarray(self.labels, dtype=np.int64).reshape(n)
         self.difficult = _per_box(self.difficult, n, bool, False)
         self.iscrowd = _per_box(self.iscrowd, n, bool, False)
         self.area = _per_box(self.area, n, np.float32, np.nan)
@@ -77,7 +80,52 @@ class ImageRecord:
                        iscrowd=self.iscrowd[keep], area=self.area[keep])
 
 
+def _is(values, dtype, ndim: int) -> bool:
+    """Already an array of this dtype and rank (no conversion: a COCO-sized dataset builds 100k+ records)."""
+    return type(values) is np.ndarray and values.dtype == dtype and values.ndim == ndim
+
+
 def _per_box(values, n: int, dtype, missing) -> np.ndarray:
     """``values`` as a (n,) array of ``dtype``; empty means ``missing`` for every box."""
+    if _is(values, dtype, 1) and len(values) == n:
+        return values
     arr = np.asarray(values, dtype=dtype).reshape(-1)
     return np.full(n, missing, dtype=dtype) if arr.size == 0 and n else arr.reshape(n)
+
+
+def pack_records(records: list[ImageRecord]) -> dict:
+    """Records as a few flat arrays: what a Dataset pickles to (each Ray trial unpickles it).
+
+    A COCO-sized list of records pickles record by record to ~44 MB and unpickles in seconds;
+    packed, its boxes, labels, flags and areas are five concatenated arrays with offsets, and
+    its folders and annotation files are stored once each.
+    """
+    folders, sources = {}, {}
+    places = [(folders.setdefault(str(r.path.parent), len(folders)), sources.setdefault(r.source, len(sources)))
+              for r in records]
+    counts = np.array([len(r.boxes) for r in records], dtype=np.int64)
+    joined = {name: (np.concatenate([getattr(r, name) for r in records]) if records else empty)
+              for name, empty in (("boxes", np.zeros((0, 4), np.float32)), ("labels", np.zeros(0, np.int64)),
+                                  ("difficult", np.zeros(0, bool)), ("iscrowd", np.zeros(0, bool)),
+                                  ("area", np.zeros(0, np.float32)))}
+    return {"names": [r.path.name for r in records], "folders": list(folders), "sources": list(sources),
+            "places": np.array(places, dtype=np.int32).reshape(-1, 2), "counts": counts,
+            "sizes": np.array([(r.width, r.height) for r in records], dtype=np.int64).reshape(-1, 2),
+            "image_ids": [r.image_id for r in records], **joined,
+            "labels": joined["labels"].astype(np.int32)}  # class indexes: 4 bytes are plenty
+
+
+def unpack_records(packed: dict) -> list[ImageRecord]:
+    """The records :func:`pack_records` packed, equal to the originals."""
+    folders = [Path(f) for f in packed["folders"]]
+    ends = np.cumsum(packed["counts"]).tolist()
+    starts = [0, *ends[:-1]]
+    columns = [packed["boxes"], packed["labels"].astype(np.int64), packed["difficult"], packed["iscrowd"],
+               packed["area"]]
+    records = []
+    for k, (name, (folder, source), (width, height), image_id) in enumerate(
+            zip(packed["names"], packed["places"].tolist(), packed["sizes"].tolist(), packed["image_ids"])):
+        boxes, labels, difficult, iscrowd, area = (c[starts[k]:ends[k]] for c in columns)
+        records.append(ImageRecord(folders[folder] / name, width, height, boxes, labels, difficult, iscrowd,
+                                   image_id, packed["sources"][source], area))
+    return records

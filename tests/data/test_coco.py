@@ -195,3 +195,32 @@ def test_area_follows_the_boxes_kept(fruits):
     assert np.isnan(ImageRecord(rec.path, boxes=rec.boxes, labels=rec.labels).area).sum() == len(rec.boxes)
     with pytest.raises(ValueError):
         ImageRecord(rec.path, boxes=rec.boxes, labels=rec.labels, area=[1.0, 2.0])
+
+
+@pytest.mark.parametrize("source", ["fruits_nuts train", "fruits_nuts test", "bccd written as COCO"])
+def test_column_reader_and_one_by_one_reader_agree(fruits, datasets_dir, tmp_path, monkeypatch, assert_same_records,
+                                                   source):
+    """A well-formed file is read column by column (fast); one with a bad annotation one by one (to name it).
+
+    Only the file's cleanliness picks the path, so they must give identical records: the private
+    column reader is switched off here to compare the two on the same real files.
+    """
+    from detect_automl.data import coco
+    from detect_automl.data.dataset import Dataset
+
+    if source.startswith("bccd"):  # VOC boxes in a COCO file, some flagged difficult or crowd
+        bccd = Dataset(datasets_dir / "bccd", split="trainval")
+        write_coco(bccd.classes, bccd.records, tmp_path / "bccd.json", images_dir=tmp_path / "images")
+        data = json.loads((tmp_path / "bccd.json").read_text())
+        for ann in data["annotations"][::7]:
+            ann["difficult" if ann["id"] % 2 else "iscrowd"] = 1
+        path, images = _write(tmp_path, data, "bccd.json"), tmp_path / "images"
+    else:
+        path, images = fruits / "annotations" / f"instances_{source.split()[1]}.json", None
+    classes, columns, cat_ids = read_coco(path, images=images)
+    assert sum(len(r.boxes) for r in columns) > 0
+    monkeypatch.setattr(coco, "_annotation_columns", lambda *args: None)
+    assert read_coco(path, images=images)[0::2] == (classes, cat_ids)
+    assert_same_records(columns, read_coco(path, images=images)[1])
+    if source.startswith("bccd"):
+        assert any(r.difficult.any() for r in columns) and any(r.iscrowd.any() for r in columns)

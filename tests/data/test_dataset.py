@@ -210,3 +210,22 @@ def test_writing_into_own_folder_does_not_copy(datasets_dir, tmp_path):
     ds.to_voc(tmp_path, split="all")
     assert sorted(p.name for p in (tmp_path / "JPEGImages").iterdir()) == ["raccoon-1.jpg", "raccoon-10.jpg"]
     assert len(Dataset(tmp_path, split="all")) == 2
+
+
+@pytest.mark.parametrize(("path", "split"), [("raccoon", "train"), ("fruits_nuts", "train"), ("bccd", "test")])
+def test_a_dataset_pickles_to_packed_records_and_back_unchanged(datasets_dir, assert_same_records, path, split):
+    """What every Ray trial receives: the same records, classes and problems, in a compact payload."""
+    import pickle
+
+    dataset = Dataset(datasets_dir / path, split=split)
+    payload = pickle.dumps(dataset)
+    back = pickle.loads(payload)
+    assert type(back) is Dataset and (back.classes, back.root, back.format) == (dataset.classes, dataset.root,
+                                                                                 dataset.format)
+    assert_same_records(back.records, dataset.records)
+    assert [(r.path, r.source, r.image_id) for r in back] == [(r.path, r.source, r.image_id) for r in dataset]
+    assert back.subset(1).records[0].boxes.dtype == np.float32 and back[0].labels.dtype == np.int64
+    # Packed: a third smaller than record by record here (COCO train2017-sized: 44 -> 24 MB).
+    assert len(payload) < 0.75 * len(pickle.dumps(dataset.records))
+    empty = pickle.loads(pickle.dumps(dataset.subset([])))
+    assert len(empty) == 0 and empty.classes == dataset.classes
