@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-import orjson
 
 from ._files import check_classes, check_labels, place_images
 from .boxes import xywh_to_xyxy, xyxy_to_xywh
@@ -61,8 +60,11 @@ def read_coco(
     columns = _annotation_columns(data, image_entries, label_of)
     if columns is None:  # some annotation is not well-formed: read one by one, naming each bad one
         columns = _annotations_one_by_one(data, image_entries, label_of, json_path, problems)
+    data.pop("annotations", None)  # parsed into columns: free them before the records are built
     folder = folder.absolute()  # records hold absolute paths: trials run in other working directories
-    records = [_image_record(e, c, folder, json_path, problems) for e, c in zip(image_entries, columns)]
+    files = {entry.name for entry in os.scandir(folder) if entry.is_file()}  # one listing, not a stat per image
+    source = str(json_path)
+    records = [_image_record(e, c, folder, files, source, problems) for e, c in zip(image_entries, columns)]
     return classes, [r for r in records if r is not None], cat_ids
 
 
@@ -117,20 +119,15 @@ def default_images_dir(json_path: str | Path) -> Path:
 
 
 def _load_json(path: Path) -> dict:
-    """The parsed file: with orjson (COCO train2017's instances parse in ~60 % of json's time), and
-    with json where orjson refuses what json reads (NaN, integers past 64 bits) or to name the error."""
+    """The parsed file, with the standard library's json, as pycocotools parses it: orjson parses a
+    train2017-sized file in 70 % of the time but needs 1.5x the memory at its peak
+    (benchmarks/RESULTS.md, "COCO 2017 scale")."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
         _fatal("annotation_malformed", path, f"cannot read COCO file ({exc})")
     try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        data = None
-    try:
-        data = json.loads(raw.decode("utf-8")) if data is None else data
-    except UnicodeDecodeError as exc:
-        _fatal("annotation_malformed", path, f"cannot read COCO file ({exc})")
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         _fatal("annotation_malformed", path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}")
     if not isinstance(data, dict):
@@ -244,7 +241,8 @@ def _annotation_columns(data: dict, entries: list[dict], label_of: dict[int, int
     columns = (xywh_to_xyxy(bbox[order]).astype(np.float32), labels[order], np.array(flags[0], dtype=bool)[order],
                np.array(flags[1], dtype=bool)[order], area[order].astype(np.float32))
     ends = np.cumsum(np.bincount(rows, minlength=len(entries))).tolist()
-    return [tuple(column[start:end] for column in columns) for start, end in zip([0, *ends[:-1]], ends)]
+    boxes, labels, iscrowd, difficult, area = columns
+    return [(boxes[a:b], labels[a:b], iscrowd[a:b], difficult[a:b], area[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
 
 def _annotations_one_by_one(data: dict, entries: list[dict], label_of: dict[int, int], json_path: Path,
@@ -304,17 +302,18 @@ def _images_dir(json_path: Path, entries: list[dict], images: str | Path | None)
 
 
 def _image_record(
-    entry: dict, columns: _Columns, folder: Path, json_path: Path, problems: list[Problem] | None
+    entry: dict, columns: _Columns, folder: Path, files: set[str], source: str, problems: list[Problem] | None
 ) -> ImageRecord | None:
-    path = folder / str(entry["file_name"])
-    if not os.path.isfile(str(path)):
-        report_error(problems, "image_missing", json_path, f"image id {entry['id']!r}: file {path} not found",
+    name = str(entry["file_name"])
+    path = folder / name
+    if name not in files and not path.is_file():  # not directly in the folder: a subfolder's, or missing
+        report_error(problems, "image_missing", source, f"image id {entry['id']!r}: file {path} not found",
                      str(entry["id"]), "image skipped", "image")
         return None
     boxes, labels, iscrowd, difficult, area = columns
     return ImageRecord(
         path=path, width=_int(entry.get("width")), height=_int(entry.get("height")), boxes=boxes, labels=labels,
-        iscrowd=iscrowd, difficult=difficult, image_id=str(entry["id"]), source=str(json_path), area=area,
+        iscrowd=iscrowd, difficult=difficult, image_id=str(entry["id"]), source=source, area=area,
     )
 
 
