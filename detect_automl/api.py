@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +21,7 @@ from .data.policy import DEFAULT_ON_ERROR, data_report
 from .engine.trial import run_trial
 from .errors import DatasetError, InputError, SearchError
 from .leaderboard import TrialStatus, end_status, history_record, leaderboard_row, sort_leaderboard
+from .loggers import LOGS, RunLogger, check_loggers
 from .models import build, resolve_pretrained
 from .predictor import ObjectDetector
 from .tune.plan import SearchPlan, SearchRequest, plan_search
@@ -50,6 +52,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_error: str = DEFAULT_ON_ERROR,
+    loggers: str | Iterable[str] | None = None,
 ) -> ObjectDetector:
     """Search detectors and hyperparameters on ``train``; keep, save and return the best.
 
@@ -91,6 +94,10 @@ def fit(
             out, with one warning listing each, but a systematic problem (over 10 % of the images
             or boxes bad, or all) raises; ``"raise"``: any error raises; ``"skip"``: left out
             whatever the share. What was left out is saved as ``data_report.json`` with the model.
+        loggers: any of "tensorboard", "csv", "mlflow": each run's per-epoch loss, learning rate
+            and val mAP / mAP@50, and its configuration, logged under ``output_dir/logs`` as it
+            trains (Ray Tune's callbacks in a search; the same writers in this process): see
+            :mod:`detect_automl.loggers` for the layout.
 
     Returns:
         The best ObjectDetector, already saved (``detector.path``).
@@ -99,6 +106,7 @@ def fit(
         DatasetError: the data has errors that ``on_error`` does not skip (the message is the
             report), before any training.
         SearchError: every trial failed (the message lists why), or resources are missing.
+        InputError: an unknown logger, or one whose package is missing (the message says what to install).
 
     >>> detector = fit(Dataset("datasets/raccoon", split="train"), time_limit=600, num_trials=4)  # doctest: +SKIP
     """
@@ -106,6 +114,7 @@ def fit(
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
     searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
+    loggers = check_loggers(loggers)
     wrap_up_seconds(time_limit, searching)  # refuses a time_limit too short to save a model
     train, val, bad_data = _check_data(train, val, on_error, searching, val_fraction, seed)
     gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
@@ -115,12 +124,14 @@ def fit(
     total = None if time_limit is None else Budget.from_seconds(time_limit, start)
     if not searching:
         device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
-        detector = _train_one(train, val, base, device, _minus(total, wrap_up_seconds(time_limit, False)), progress)
+        detector = _train_one(train, val, base, device, _minus(total, wrap_up_seconds(time_limit, False)), progress,
+                              _run_logger(loggers, output, base))
     else:
         request = SearchRequest(
             base=base, space=space, points=search_points(space, base, portfolio(presets, gpu, tuning)),
             num_trials=num_trials, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
-            ray_address=ray_address, searcher=searcher, seed=seed, resume=resume, output=output, progress=progress)
+            ray_address=ray_address, searcher=searcher, seed=seed, resume=resume, output=output, progress=progress,
+            loggers=loggers)
         detector = _search(train, val, request, total, time_limit)
     return _save(detector, output / "model", bad_data, progress, start, time_limit)
 
@@ -191,14 +202,22 @@ def _minus(budget: Budget | None, seconds: float) -> Budget | None:
     return None if budget is None else budget.minus(seconds)
 
 
+def _run_logger(loggers: tuple[str, ...], output: Path, config: TrainConfig) -> RunLogger | None:
+    """The writers of a run in this process (trial "0"), or None without loggers."""
+    return RunLogger(loggers, output / LOGS, "0", config.to_dict()) if loggers else None
+
+
 def _train_one(train: Dataset, val: Dataset, config: TrainConfig, device: torch.device, budget: Budget | None,
-               progress: bool, not_run: list[dict] = ()) -> ObjectDetector:
+               progress: bool, logger: RunLogger | None = None, not_run: list[dict] = ()) -> ObjectDetector:
     """Step 3, one configuration: train it in this process, on every CPU or the GPU."""
     def report(record: dict, state) -> None:
         if progress:
             tqdm.write(_epoch_line(record))
+        if logger is not None:
+            logger.log_epoch(record)
 
-    outcome = run_trial(config, train, val, device=device, budget=budget, on_epoch=report, progress=progress)
+    with logger or nullcontext():
+        outcome = run_trial(config, train, val, device=device, budget=budget, on_epoch=report, progress=progress)
     history = outcome.result.history
     rows = [leaderboard_row("0", config.to_dict(), history, outcome.seconds, *end_status(
         outcome.result.stopped, history[-1]["batch_size"] if history else None, config.batch_size))]
@@ -254,7 +273,7 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
         config = request.base.replace(**request.points[0])
         device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
         return _train_one(train, val, config, device, _minus(total, wrap_up_seconds(time_limit, False)), request.progress,
-                          not_run=_left_out(request, plan))
+                          _run_logger(request.loggers, request.output, config), not_run=_left_out(request, plan))
     outcome = run_search(train, val, request, plan, budget)
     if outcome.best_state is None:
         reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}: {row.detail}"

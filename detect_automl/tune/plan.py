@@ -302,6 +302,8 @@ class SearchRequest:
     resume: bool
     output: Path
     progress: bool
+    loggers: tuple[str, ...] = ()
+    """Checked logger names (:func:`detect_automl.loggers.check_loggers`), writing to ``output/logs``."""
 
     @property
     def grid(self) -> int:

@@ -16,6 +16,7 @@ from ..config import TrainConfig
 from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
 from ..leaderboard import TrialStatus, end_status, history_record, leaderboard_row, select_best, sort_leaderboard
+from ..loggers import LOGS
 from .plan import Hardware, SearchPlan, SearchRequest, trial_resources
 from .space import to_tune_domains
 from .trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, train_trial
@@ -59,6 +60,7 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     import ray
     from ray import tune
 
+    from .callbacks import tune_callbacks  # imports Ray
     from .scheduler import make_scheduler  # imports Ray
 
     r = request
@@ -110,6 +112,8 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
                 run_config=tune.RunConfig(
                     name=EXPERIMENT, storage_path=str(storage_dir), verbose=1 if r.progress else 0,
                     failure_config=tune.FailureConfig(max_failures=0),
+                    # A resumed search logs with the callbacks it started with (Tune restores them).
+                    callbacks=tune_callbacks(r.loggers, r.output / LOGS, fixed),
                     # The best epoch by val_map (what the leaderboard reports) and, apart from it,
                     # the latest (what a resumed trial continues from).
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE,

@@ -71,7 +71,7 @@ def train_trial(
             ``default_seconds`` instead (None: until ``budget`` ends).
 
     The trial's schedule is planned to its own deadline. Each validated epoch reports
-    ``val_map``, ``val_map_50``, ``loss``, ``epoch``, ``time_limit_hit``, ``converged``, the batch
+    ``val_map``, ``val_map_50``, ``loss``, ``lr``, ``epoch``, ``time_limit_hit``, ``converged``, the batch
     used, the Ray ``node_id`` and the ``device`` type, with a checkpoint of the whole training
     state (:meth:`TrainState.checkpoint`), and a ``checkpoint_score`` by which Tune keeps the
     engine's best epoch (see :data:`CHECKPOINT_SCORE`) and the latest; a resumed trial continues
@@ -101,7 +101,7 @@ def train_trial(
             return
         metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"],
                    "converged": record.get("converged", False), "node_id": node, "device": device.type,
-                   "batch_size_used": record["batch_size"],
+                   "batch_size_used": record["batch_size"], "lr": record["lr"],
                    CHECKPOINT_SCORE: checkpoint_score(record)}
         with tempfile.TemporaryDirectory() as directory:
             torch.save(state.checkpoint(), Path(directory) / CHECKPOINT_FILE)
