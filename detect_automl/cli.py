@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .data._files import IMAGE_EXTENSIONS
+from .loggers import LOGGERS
 
 if TYPE_CHECKING:
     from .predictor import ObjectDetector
@@ -54,7 +55,8 @@ def _fit(args: argparse.Namespace) -> int:
     detector = fit(train, val, time_limit=args.time_limit, num_trials=args.num_trials, presets=args.preset,
                    hyperparameters=hyperparameters, gpus_per_trial=args.gpus_per_trial,
                    cpus_per_trial=args.cpus_per_trial, ray_address=args.ray_address, searcher=args.searcher,
-                   output_dir=args.output, seed=args.seed, resume=args.resume, on_error=args.on_error)
+                   output_dir=args.output, seed=args.seed, resume=args.resume, on_error=args.on_error,
+                   loggers=args.logger)
     board = detector.leaderboard()
     shown = [c for c in [*COLUMNS, "optimizer", "lr", "batch_size", "augment"] if c in board]
     print(board[shown].to_string(index=False, max_colwidth=48))
@@ -220,6 +222,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="output directory (the saved model goes to OUTPUT/model)")
+    p.add_argument("--logger", action="append", choices=LOGGERS, default=None,
+                   help="log each epoch's loss, lr, val mAP and each trial's config to OUTPUT/logs; repeatable: "
+                        "--logger tensorboard --logger mlflow")
     p.set_defaults(func=_fit)
 
     p = sub.add_parser("predict", help="detect objects in images with a saved model")

@@ -92,3 +92,30 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def _tensorboard_scalars(folder: Path) -> dict[str, dict[int, float]]:
+    """Every scalar in the TensorBoard event files under ``folder``: {tag: {step: value}}.
+
+    The TFRecord framing (length, its CRC, the event, its CRC) is read here and each event
+    parsed with tensorboardX's protobuf (the ``tensorboard`` package need not be installed).
+    """
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, dict[int, float]] = {}
+    for file in sorted(Path(folder).rglob("events.out.tfevents.*")):
+        data, at = file.read_bytes(), 0
+        while at + 12 <= len(data):
+            length = int.from_bytes(data[at:at + 8], "little")
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+@pytest.fixture(scope="session")
+def tensorboard_scalars():
+    """A function ``(folder) -> {tag: {step: value}}`` reading TensorBoard event files back."""
+    return _tensorboard_scalars

@@ -34,7 +34,7 @@ def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["fit", str(data), "--split", "train", "--val-split", "val", "--test-split", "test",
                  "--time-limit", "40", "--pretrained", "none", "--epochs", "3", "--batch-size", "2",
-                 "--output", str(out)])
+                 "--output", str(out), "--logger", "csv"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "trial_id" in printed and "test (test): mAP" in printed and f"saved model: {out / 'model'}" in printed
@@ -42,6 +42,8 @@ def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
         assert f"  {name}" in printed  # per-class AP lines
     saved = json.loads((out / "model" / "config.json").read_text())["hyperparameters"]
     assert (saved["epochs"], saved["batch_size"]) == (3, 2)  # fixed from the command line
+    epochs = [r["epoch"] for r in json.loads((out / "model" / "history.json").read_text())["0"]]
+    assert list(pd.read_csv(out / "logs" / "csv" / "0" / "progress.csv")["epoch"]) == epochs  # --logger csv
 
     image = str(next((data / "images").glob("*.jpg")))
     assert main(["predict", str(out / "model"), image, "--score-threshold", "0", "--out", str(tmp_path / "p")]) == 0

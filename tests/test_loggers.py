@@ -7,9 +7,6 @@ tests/tune/test_search.py's first search, which runs anyway.
 from __future__ import annotations
 
 import importlib.util
-import struct
-from collections import defaultdict
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,33 +17,6 @@ from detect_automl.errors import InputError
 
 HYPER = {"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 2}
 HAS_MLFLOW = all(importlib.util.find_spec(p) is not None for p in ("mlflow", "sqlalchemy", "alembic"))
-
-
-def read_scalars(folder: Path) -> dict[str, dict[int, float]]:
-    """Every scalar in the TensorBoard event files under ``folder``: {tag: {step: value}}.
-
-    TensorBoard's own reader when it is installed; else the TFRecord framing (length, its CRC,
-    the event, its CRC) read here and each event parsed with tensorboardX's protobuf.
-    """
-    scalars: dict[str, dict[int, float]] = defaultdict(dict)
-    for file in sorted(Path(folder).rglob("events.out.tfevents.*")):
-        for event in _events(file):
-            for value in event.summary.value:
-                if value.HasField("simple_value"):
-                    scalars[value.tag][event.step] = value.simple_value
-    return dict(scalars)
-
-
-def _events(file: Path):
-    from tensorboardX.proto.event_pb2 import Event
-
-    data, at = file.read_bytes(), 0
-    while at + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[at:at + 8])
-        event = Event()
-        event.ParseFromString(data[at + 12:at + 12 + length])
-        yield event
-        at += 12 + length + 4
 
 
 def test_logger_names_are_checked_before_anything_runs(datasets_dir, tmp_path, monkeypatch):
@@ -61,7 +31,8 @@ def test_logger_names_are_checked_before_anything_runs(datasets_dir, tmp_path, m
     assert not (tmp_path / "logs").exists()
 
 
-def test_a_run_in_process_logs_each_epoch_to_tensorboard_csv_and_mlflow(datasets_dir, tmp_path, monkeypatch):
+def test_a_run_in_process_logs_each_epoch_to_tensorboard_csv_and_mlflow(datasets_dir, tmp_path, monkeypatch,
+                                                                          tensorboard_scalars):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     train = da.Dataset(datasets_dir / "raccoon", split="train").subset(6)
     val = da.Dataset(datasets_dir / "raccoon", split="val").subset(2)
@@ -73,7 +44,7 @@ def test_a_run_in_process_logs_each_epoch_to_tensorboard_csv_and_mlflow(datasets
     assert validated and detector.leaderboard().iloc[0]["trial_id"] == "0"
     logs = tmp_path / "logs"
 
-    scalars = read_scalars(logs / "tensorboard" / "0")
+    scalars = tensorboard_scalars(logs / "tensorboard" / "0")
     assert set(scalars["loss"]) == {r["epoch"] for r in history}
     assert scalars["lr"] and all(v > 0 for v in scalars["lr"].values())
     for epoch, record in validated.items():

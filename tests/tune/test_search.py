@@ -48,12 +48,12 @@ def test_best_trial_rule_skips_failed_trials_even_with_a_higher_map():
     assert select_best(board.iloc[[0, 3]]) is None
 
 
-def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data, tmp_path):
+def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data, tmp_path, tensorboard_scalars):
     train, val = data
     start = time.time()
     detector = da.fit(train, val, time_limit=150, num_trials=1, hyperparameters=FIXED,
                       search_space={"lr": {"grid_search": [1e-3, -1.0, 3e-3]}, "augment": [0.0, 0.5]},
-                      output_dir=tmp_path, progress=False)
+                      output_dir=tmp_path, progress=False, loggers=["tensorboard", "csv"])
     elapsed = time.time() - start
     board = detector.leaderboard()
     assert len(board) == 3
@@ -89,6 +89,15 @@ def test_search_ranks_trials_restores_the_best_and_survives_a_failing_trial(data
     np.testing.assert_array_equal(loaded.predict(image, score_threshold=0).boxes,
                                   detector.predict(image, score_threshold=0).boxes)
     assert elapsed < 150
+    # loggers=: Tune's own TensorBoard and CSV callbacks wrote each trial's validated epochs to logs/.
+    for row in ok.itertuples():
+        reported = detector.history[row.trial_id]  # validated epochs, as the trial reported them
+        scalars = tensorboard_scalars(tmp_path / "logs" / "tensorboard" / row.trial_id)
+        assert list(scalars["ray/tune/val_map"].values()) == pytest.approx([r["val_map"] for r in reported], abs=1e-6)
+        assert len(scalars["ray/tune/lr"]) == len(reported)
+        progress = pd.read_csv(tmp_path / "logs" / "csv" / row.trial_id / "progress.csv")
+        assert list(progress["epoch"]) == [r["epoch"] for r in reported] and (progress["lr"] > 0).all()
+        assert progress["val_map"].tolist() == pytest.approx([r["val_map"] for r in reported], abs=1e-9)
 
 
 class _SlowImages(da.Dataset):
