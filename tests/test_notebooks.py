@@ -58,6 +58,7 @@ def test_quickstart(smoke_env, shared_data, tmp_path):
     notebook = _run("quickstart.ipynb", tmp_path)
     text = _text(notebook)
     assert "test mAP" in text and "ObjectDetector(" in text
+    assert list((tmp_path / "runs" / "fruit" / "logs" / "tensorboard").glob("*/events.out.tfevents.*"))  # loggers=
     assert "'banana': None" not in text and "'orange': None" not in text  # the CI test sample has every class
     assert (tmp_path / "fruit_model" / "model.pt").is_file()
     assert (tmp_path / "runs" / "fruit" / "model" / "leaderboard.csv").is_file()
