@@ -29,12 +29,16 @@ def tune_callbacks(names: tuple[str, ...], logs: Path, fixed: dict) -> list:
     return [made[name]() for name in names]
 
 
-class _TensorBoard(TBXLoggerCallback):
-    """Tune's TensorBoard callback, one run per trial under ``logs/tensorboard/<trial_id>``."""
+class _UnderLogs:
+    """A Tune logger callback that writes under ``logs`` instead of each trial's directory."""
 
     def __init__(self, logs: Path) -> None:
         super().__init__()
         self._logs = logs
+
+
+class _TensorBoard(_UnderLogs, TBXLoggerCallback):
+    """Tune's TensorBoard callback, one run per trial under ``logs/tensorboard/<trial_id>``."""
 
     def log_trial_start(self, trial) -> None:
         if trial in self._trial_writer:
@@ -44,13 +48,9 @@ class _TensorBoard(TBXLoggerCallback):
         self._trial_result[trial] = {}
 
 
-class _Csv(CSVLoggerCallback):
+class _Csv(_UnderLogs, CSVLoggerCallback):
     """Tune's CSV callback, one ``progress.csv`` per trial under ``logs/csv/<trial_id>`` (appended
     to when a resumed trial goes on)."""
-
-    def __init__(self, logs: Path) -> None:
-        super().__init__()
-        self._logs = logs
 
     def _setup_trial(self, trial) -> None:
         if trial in self._trial_files:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Callable
 
 from ..config import TrainConfig
@@ -15,13 +17,32 @@ PRESETS: dict[str, PresetFn] = {}
 
 
 def register_preset(name: str) -> Callable[[PresetFn], PresetFn]:
-    """Decorator: register ``fn(gpu: bool, pretrained: bool) -> TrainConfig`` as preset ``name``."""
+    """Decorator: register ``fn(gpu: bool, pretrained: bool) -> TrainConfig`` as preset ``name``.
+
+    A preset written before fine-tuning recipes existed, ``fn(gpu)``, still registers: it gets a
+    FutureWarning and serves both regimes with its one recipe.
+    """
 
     def wrap(fn: PresetFn) -> PresetFn:
-        PRESETS[name] = fn
+        PRESETS[name] = fn if _takes_two(fn) else _one_recipe(name, fn)
         return fn
 
     return wrap
+
+
+def _takes_two(fn: Callable) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: trust it
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+def _one_recipe(name: str, fn: Callable[[bool], TrainConfig]) -> PresetFn:
+    warnings.warn(f"preset {name!r}: presets take (gpu, pretrained) now; {fn.__name__}(gpu) serves fine-tuning "
+                  "COCO weights with its from-scratch recipe", FutureWarning, stacklevel=3)
+    return lambda gpu, pretrained: fn(gpu)
 
 
 def list_presets() -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from ray import tune
 
+from detect_automl.config import TrainConfig
 from detect_automl.errors import InputError
 from detect_automl.models import list_models
 from detect_automl.tune.space import is_searched, list_presets, preset_config, preset_space, to_tune_domains
@@ -69,3 +70,23 @@ def test_the_preset_default_is_the_first_point_when_it_lies_in_the_space():
     for gpu in (False, True):  # every preset's default is one of its own points
         for name in list_presets():
             assert default_point(preset_space(name, gpu), preset_config(name, gpu)) is not None, (name, gpu)
+
+
+def test_a_preset_registered_with_the_old_one_argument_signature_still_serves_both_regimes(monkeypatch):
+    from detect_automl.tune import space
+
+    monkeypatch.setattr(space, "PRESETS", dict(space.PRESETS))  # leave the real registry as it was
+
+    def tiny(gpu):
+        return TrainConfig(model="ssdlite320_mobilenet_v3_large", batch_size=8 if gpu else 2)
+
+    with pytest.warns(FutureWarning, match=r"preset 'tiny': presets take \(gpu, pretrained\) now"):
+        space.register_preset("tiny")(tiny)
+    assert preset_config("tiny", True, pretrained=True).batch_size == 8
+    assert preset_config("tiny", False).batch_size == 2
+
+    @space.register_preset("tiny2")
+    def tiny2(gpu, pretrained):
+        return TrainConfig(lr=1e-4 if pretrained else 1e-3)
+
+    assert (preset_config("tiny2", False, True).lr, preset_config("tiny2", False).lr) == (1e-4, 1e-3)
