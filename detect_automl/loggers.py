@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import logging
 import os
 import time
 from pathlib import Path
@@ -28,8 +27,6 @@ from .errors import InputError
 
 __all__ = ["LOGGERS", "LOGS", "EPOCH_METRICS", "MLFLOW_EXPERIMENT", "RunLogger", "check_loggers", "csv_file",
            "mlflow_experiment", "tensorboard_dir"]
-
-log = logging.getLogger(__name__)
 
 LOGGERS = ("tensorboard", "csv", "mlflow")
 """The names ``fit(loggers=...)`` accepts."""
@@ -142,7 +139,7 @@ class RunLogger:
     def log_epoch(self, record: dict) -> None:
         """Log one epoch's record (``train``'s: epoch, loss, lr, val_map, ...)."""
         step, numbers = int(record["epoch"]), _numbers(record)
-        if "val_map" in numbers and numbers["val_map"] >= self._best.get("val_map", -1.0):
+        if record.get("is_best"):  # the engine's best epoch: the one the leaderboard reports
             self._best = {k: numbers[k] for k in ("val_map", "val_map_50") if k in numbers}
         if self._tensorboard is not None:
             for key, value in numbers.items():

@@ -238,10 +238,9 @@ def _annotation_columns(data: dict, entries: list[dict], label_of: dict[int, int
         return None
     area = np.where(np.isfinite(area) & (area > 0), area, np.nan)  # as _area: unknown unless a positive number
     order = np.argsort(rows, kind="stable")
-    columns = (xywh_to_xyxy(bbox[order]).astype(np.float32), labels[order], np.array(flags[0], dtype=bool)[order],
-               np.array(flags[1], dtype=bool)[order], area[order].astype(np.float32))
+    boxes, labels, area = xywh_to_xyxy(bbox[order]).astype(np.float32), labels[order], area[order].astype(np.float32)
+    iscrowd, difficult = (np.array(values, dtype=bool)[order] for values in flags)
     ends = np.cumsum(np.bincount(rows, minlength=len(entries))).tolist()
-    boxes, labels, iscrowd, difficult, area = columns
     return [(boxes[a:b], labels[a:b], iscrowd[a:b], difficult[a:b], area[a:b]) for a, b in zip([0, *ends[:-1]], ends)]
 
 

@@ -298,6 +298,6 @@ def _keep_classes(classes: list[str], records: list[ImageRecord], names: list[st
     if unknown:
         raise InputError(f"categories {unknown} are not in the dataset; its categories: {classes}")
     wanted = np.isin(classes, names)
-    chosen = [r.with_boxes(wanted[r.labels]) for r in records if wanted[r.labels].any()]
+    chosen = [r.with_boxes(keep) for r in records if (keep := wanted[r.labels]).any()]
     subset = Dataset.from_records(chosen, classes).with_classes([c for c in classes if c in names])
     return subset.classes, subset.records
