@@ -3,12 +3,15 @@ data_report.json (what the fit left out of its data) when there is one."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import torch
@@ -19,10 +22,23 @@ from .errors import ModelError
 from .leaderboard import COLUMNS
 from .models import Detector, build
 
-__all__ = ["FORMAT_VERSION", "SavedModel", "save_dir", "load_dir"]
+__all__ = ["FORMAT_VERSION", "SavedModel", "save_dir", "load_dir", "write_serialized"]
 
 FORMAT_VERSION = 1
 _FILES = ("model.pt", "config.json", "leaderboard.csv", "history.json")
+
+
+def write_serialized(path: str | Path, serialize: Callable[[BinaryIO], object]) -> None:
+    """Serialize into memory, then write the bytes with Python's file I/O.
+
+    torch's own file writer turns a failed write (a full disk, a quota) into an abort of the whole
+    process for ``torch.jit.save`` and into an opaque "unexpected pos" RuntimeError for
+    ``torch.save``; written this way the failure is an ``OSError`` that names the file.
+    """
+    buffer = io.BytesIO()
+    serialize(buffer)
+    with open(path, "wb") as file:
+        file.write(buffer.getbuffer())
 
 
 def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFrame, history: dict,
@@ -38,7 +54,7 @@ def save_dir(path: Path, state_dict: dict, config: dict, leaderboard: pd.DataFra
     old = path.with_name(f".{path.name}.old")
     moved = False
     try:
-        torch.save(state_dict, tmp / "model.pt")
+        write_serialized(tmp / "model.pt", lambda file: torch.save(state_dict, file))
         (tmp / "config.json").write_text(json.dumps(full_config, indent=2))
         # A board without columns would be written as a bare newline, which no CSV reader takes back.
         (leaderboard if len(leaderboard.columns) else pd.DataFrame(columns=COLUMNS)).to_csv(

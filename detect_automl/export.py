@@ -34,6 +34,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from ._saving import write_serialized
 from ._version import __version__
 from .errors import DetectAutoMLError, InputError, ModelError
 from .models.detector import Detector, to_class_ids
@@ -191,7 +192,8 @@ def _attempt(model_name: str, fmt: str, out: Path, step: Callable[[], dict]) -> 
 
 def _write_torchscript(detector: Detector, out: Path, model_name: str) -> dict:
     def step() -> dict:
-        torch.jit.save(torch.jit.script(_exportable(detector, scripted=True)), str(out))
+        scripted = torch.jit.script(_exportable(detector, scripted=True))
+        write_serialized(out, lambda file: torch.jit.save(scripted, file))
         return {}
 
     return _attempt(model_name, "torchscript", out, step)

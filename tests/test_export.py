@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,6 +175,16 @@ def test_a_failure_inside_torch_names_the_model_and_format(saved, monkeypatch):
                                          "RuntimeError: Unsupported op$"):
         export(ObjectDetector.load(saved, device="cpu"), format="torchscript")
     assert not (saved / "model.torchscript").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full (every write: ENOSPC)")
+def test_a_full_disk_is_an_error_that_names_the_file_not_an_abort(saved, tmp_path):
+    # torch.jit.save writing to a full disk aborts the whole process (SIGABRT from a destructor).
+    target = tmp_path / "model.torchscript"
+    target.symlink_to("/dev/full")
+    with pytest.raises(ModelError, match=f"cannot export {saved.name} to torchscript: OSError: .*No space left"):
+        export(ObjectDetector.load(saved, device="cpu"), target, format="torchscript")
+    assert not target.is_symlink() and Path("/dev/full").exists()  # the half-written file goes, nothing else
 
 
 def test_cli_export(saved, capsys):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from .._saving import write_serialized
 from ..budget import Budget
 from ..config import TrainConfig
 from ..data.dataset import Dataset
@@ -104,7 +105,8 @@ def train_trial(
                    "batch_size_used": record["batch_size"], "lr": record["lr"],
                    CHECKPOINT_SCORE: checkpoint_score(record)}
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(state.checkpoint(), Path(directory) / CHECKPOINT_FILE)
+            saved = state.checkpoint()
+            write_serialized(Path(directory) / CHECKPOINT_FILE, lambda file: torch.save(saved, file))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
