@@ -24,7 +24,7 @@ from .leaderboard import TrialStatus, end_status, history_record, leaderboard_ro
 from .loggers import LOGS, RunLogger, check_loggers
 from .models import build, resolve_pretrained
 from .predictor import ObjectDetector
-from .tune.plan import SearchPlan, SearchRequest, plan_search
+from .tune.plan import SearchPlan, SearchRequest, plan_search, trial_workers
 from .tune.portfolio import portfolio, search_points
 from .tune.space import is_searched, preset_config, preset_space
 
@@ -53,6 +53,7 @@ def fit(
     progress: bool = True,
     on_error: str = DEFAULT_ON_ERROR,
     loggers: str | Iterable[str] | None = None,
+    workers_per_trial: int | None = None,
 ) -> ObjectDetector:
     """Search detectors and hyperparameters on ``train``; keep, save and return the best.
 
@@ -98,6 +99,12 @@ def fit(
             and val mAP / mAP@50, and its configuration, logged under ``output_dir/logs`` as it
             trains (Ray Tune's callbacks in a search; the same writers in this process): see
             :mod:`detect_automl.loggers` for the layout.
+        workers_per_trial: data-parallel workers per trial (Ray Train, DistributedDataParallel:
+            NCCL on GPUs, gloo on CPUs; they may span the nodes of a cluster), splitting the
+            trial's ``gpus_per_trial`` and ``cpus_per_trial`` evenly (one GPU, or one CPU, each
+            by default). ``batch_size`` is per worker, so a step sees ``workers_per_trial`` times
+            as many images at the same learning rate. Default: one per GPU for a whole
+            ``gpus_per_trial`` of 2 or more, else 1 (trains in the trial's own process).
 
     Returns:
         The best ObjectDetector, already saved (``detector.path``).
@@ -113,7 +120,8 @@ def fit(
     start = time.time()
     if int(num_trials) < 1:
         raise InputError(f"num_trials must be >= 1, got {num_trials}")
-    searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume
+    workers_per_trial, gpus_per_trial, cpus_per_trial = trial_workers(workers_per_trial, gpus_per_trial, cpus_per_trial)
+    searching = num_trials > 1 or bool(search_space) or ray_address is not None or resume or workers_per_trial > 1
     loggers = check_loggers(loggers)
     wrap_up_seconds(time_limit, searching)  # refuses a time_limit too short to save a model
     train, val, bad_data = _check_data(train, val, on_error, searching, val_fraction, seed)
@@ -131,7 +139,7 @@ def fit(
             base=base, space=space, points=search_points(space, base, portfolio(presets, gpu, tuning)),
             num_trials=num_trials, gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial,
             ray_address=ray_address, searcher=searcher, seed=seed, resume=resume, output=output, progress=progress,
-            loggers=loggers)
+            loggers=loggers, workers_per_trial=workers_per_trial)
         detector = _search(train, val, request, total, time_limit)
     return _save(detector, output / "model", bad_data, progress, start, time_limit)
 
@@ -263,7 +271,8 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     budget = _minus(total, wrap_up_seconds(time_limit, True))
     plan = plan_search(request, train, budget)
     needed = None if plan.needed_seconds is None else _time_limit_for(plan.needed_seconds, total, time_limit)
-    in_process = plan.num_run == 1 and request.ray_address is None and not request.resume and bool(request.points)
+    in_process = plan.num_run == 1 and request.ray_address is None and not request.resume and bool(request.points) \
+        and request.workers_per_trial == 1
     if request.progress:
         tqdm.write(plan.describe(needed, in_process))
     if plan.not_run:
@@ -287,8 +296,9 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
                      load_pretrained=False)
     detector.load_state_dict(outcome.best_state)
     board, metrics = outcome.leaderboard, outcome.best_metrics
-    if total is not None and not request.resume:
-        # Ray has shut down by now: only the save is left to reserve time for.
+    if total is not None and not request.resume and request.workers_per_trial == 1:
+        # Ray has shut down by now: only the save is left to reserve time for. (A data-parallel
+        # trial is not continued: this process alone would train it on one device.)
         board, metrics = continue_best(detector, config, train, val, board, outcome.history, metrics,
                                        total.minus(wrap_up_seconds(time_limit, False)), time_limit, request.progress,
                                        outcome.gpus_per_trial)

@@ -56,7 +56,7 @@ def _fit(args: argparse.Namespace) -> int:
                    hyperparameters=hyperparameters, gpus_per_trial=args.gpus_per_trial,
                    cpus_per_trial=args.cpus_per_trial, ray_address=args.ray_address, searcher=args.searcher,
                    output_dir=args.output, seed=args.seed, resume=args.resume, on_error=args.on_error,
-                   loggers=args.logger)
+                   loggers=args.logger, workers_per_trial=args.workers_per_trial)
     board = detector.leaderboard()
     shown = [c for c in [*COLUMNS, "optimizer", "lr", "batch_size", "augment"] if c in board]
     print(board[shown].to_string(index=False, max_colwidth=48))
@@ -217,6 +217,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="fix the batch size (default: the preset's)")
     p.add_argument("--gpus-per-trial", type=float, default=None, help="e.g. 0.25 to share a GPU (default: 1 with GPUs)")
     p.add_argument("--cpus-per-trial", type=float, default=None)
+    p.add_argument("--workers-per-trial", type=int, default=None,
+                   help="data-parallel workers per trial, splitting its GPUs/CPUs (default: 1 per GPU of a trial)")
     p.add_argument("--ray-address", default=None, help="run the search on an existing Ray cluster")
     p.add_argument("--searcher", choices=["random", "optuna"], default="random")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search in --output")

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from ..errors import InputError
 from .boxes import MIN_BOX_SIDE, sanitize_boxes
@@ -145,6 +145,7 @@ def make_loader(
     order: Sequence[int] | None = None,
     pin_memory: bool = False,
     cache_bytes: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader:
     """Build a seeded DataLoader over a Dataset (wrapped with :func:`build_transforms`).
 
@@ -162,6 +163,9 @@ def make_loader(
             a seeded permutation, so that any prefix of a validation is a random subset.
         pin_memory: page-locked batches for faster copies to a CUDA device.
         cache_bytes: see :class:`DetectionDataset` (ignored when ``dataset`` is already wrapped).
+        shard: ``(rank, replicas)`` for data-parallel training: this replica's share of each
+            epoch (torch's DistributedSampler, reshuffled every epoch from ``seed``; every
+            replica gets as many batches), augmented with its own random stream.
 
     Returns:
         A DataLoader yielding ``(list of images, list of targets)``.
@@ -173,24 +177,40 @@ def make_loader(
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if int(num_workers) < 0:
         raise InputError(f"num_workers must be >= 0, got {num_workers}")
+    rank, replicas = shard or (0, 1)
     if not isinstance(dataset, DetectionDataset):
-        dataset = DetectionDataset(dataset, build_transforms(train, augment, seed=seed), max_side=max_side,
+        dataset = DetectionDataset(dataset, build_transforms(train, augment, seed=seed + rank), max_side=max_side,
                                    cache_bytes=cache_bytes)
+    shuffle = train if shuffle is None else bool(shuffle)
+    sampler = None if order is None else [int(i) for i in order]
+    if shard is not None:
+        if order is not None:
+            raise InputError("a sharded loader takes no fixed order")
+        sampler = _EpochShards(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle, seed=seed)
     generator = torch.Generator()
-    generator.manual_seed(int(seed))
+    generator.manual_seed(int(seed) + rank)
     return DataLoader(
         dataset,
         batch_size=int(batch_size),
-        shuffle=(train if shuffle is None else bool(shuffle)) if order is None else None,
-        sampler=None if order is None else [int(i) for i in order],
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         num_workers=int(num_workers),
         collate_fn=collate,
         generator=generator,
         worker_init_fn=_seed_worker if num_workers > 0 else None,
         persistent_workers=num_workers > 0,
         pin_memory=bool(pin_memory),
-        drop_last=bool(train) and len(dataset) > batch_size,
+        drop_last=bool(train) and len(dataset if shard is None else sampler) > batch_size,
     )
+
+
+class _EpochShards(DistributedSampler):
+    """DistributedSampler that moves on to the next epoch's shuffle by itself at each pass."""
+
+    def __iter__(self):
+        indices = super().__iter__()
+        self.set_epoch(self.epoch + 1)
+        return indices
 
 
 def _seed_worker(worker_id: int) -> None:

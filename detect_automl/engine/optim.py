@@ -85,13 +85,16 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * self.progress()))
 
     def _apply(self) -> None:
-        f = self.factor()
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * f
+        self.follow(self.factor())
 
     def step(self) -> None:
         self.step_count += 1
         self._apply()
+
+    def follow(self, factor: float) -> None:
+        """Set the rates from another replica's factor (data-parallel ranks follow rank 0's clock)."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
 
 class ModelEma:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from .distributed import Replicas
 from .optim import ModelEma, WarmupCosine, amp_dtype, build_optimizer
 
 __all__ = ["TrainResult", "TrainState"]
@@ -45,6 +46,10 @@ class TrainState:
     def __init__(self, model: nn.Module, config: TrainConfig, device: torch.device) -> None:
         self.model = model.to(device)
         self.config, self.device = config, device
+        self.replicas = Replicas.current()
+        # What trains: the model, or (data-parallel) its DistributedDataParallel wrapper, which
+        # starts every replica from rank 0's weights.
+        self.parallel = self.replicas.wrap(self.model, device)
         self.optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
         self.amp_dtype = amp_dtype(device, config.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..errors import InputError, TrainingError
+from .distributed import Replicas, unwrap
 from .evaluate import evaluate, validation_seconds_per_image
 from .optim import ModelEma, WarmupCosine, build_optimizer
 from .state import TrainResult, TrainState
@@ -45,10 +46,13 @@ def train_one_epoch(
     deadline: float | None = None,
     progress: bool = False,
     desc: str = "train",
+    replicas: Replicas | None = None,
 ) -> dict:
     """Train for one pass over ``loader``, stopping cleanly between steps before ``deadline``.
 
-    A step is not started when the average step so far would not finish by the deadline.
+    A step is not started when the average step so far would not finish by the deadline. Data-
+    parallel ``replicas`` (``model`` wrapped by :meth:`Replicas.wrap`) all follow rank 0's clock:
+    its decision to stop and its learning rate, before every step.
 
     Returns:
         {"loss": mean total loss, "steps", "images", "seconds", "deadline_hit": bool}.
@@ -62,7 +66,12 @@ def train_one_epoch(
     bar = tqdm(loader, desc=desc, leave=False, disable=None if progress else True, dynamic_ncols=True)
     for images, targets in bar:
         now = time.monotonic()
-        if deadline is not None and now + (now - start) / max(1, steps) * (steps > 0) >= deadline:
+        stop = deadline is not None and now + (now - start) / max(1, steps) * (steps > 0) >= deadline
+        if replicas is not None and replicas.parallel:
+            stop, factor = replicas.follow(stop, 1.0 if scheduler is None else scheduler.factor(), device)
+            if scheduler is not None:
+                scheduler.follow(factor)
+        if stop:
             deadline_hit = True
             break
         images = [img.to(device, non_blocking=True) for img in images]
@@ -89,7 +98,7 @@ def train_one_epoch(
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
-            ema.update(model)
+            ema.update(unwrap(model))
         total += float(loss.detach())
         steps += 1
         images_seen += len(images)
@@ -151,6 +160,9 @@ def train(
     marks a new best epoch) and the :class:`TrainState` (``state.kept``, ``state.checkpoint()``),
     which the Ray trainable reports and checkpoints; the time it takes is kept back too.
     ``state`` continues a run (a resumed checkpoint, or an out-of-memory retry at a smaller batch).
+    Data-parallel (the process group Ray Train sets up: :class:`~.distributed.Replicas`), every
+    replica trains its shard of each batch and rank 0 validates, decides and shares each epoch's
+    record; ``on_epoch`` is called on every replica with that same record.
     """
     epochs = config.epochs
     if epochs is None and deadline is None:
@@ -158,7 +170,8 @@ def train(
     state = state if state is not None else TrainState(model, config, device)
     result = state.result
     start = time.monotonic()
-    clock = _ValidationClock(state.kept, val_loader, device) if val_loader is not None else None
+    validates = val_loader is not None and state.replicas.main
+    clock = _ValidationClock(state.kept, val_loader, device) if validates else None
     final_validation = 0.0 if clock is None or deadline is None else min(clock.full(), 0.25 * (deadline - start))
     scheduler = state.schedule(None if epochs is None else len(train_loader) * max(1, epochs - state.epoch),
                                start, None if deadline is None else deadline - final_validation)
@@ -168,10 +181,11 @@ def train(
         reserve = report_seconds + (0.0 if clock is None or deadline is None else
                                     min(clock.full(), 0.25 * (deadline - start)))
         epoch_deadline = None if deadline is None else deadline - reserve
-        stats = train_one_epoch(state.model, state.optimizer, train_loader, device, scheduler=scheduler,
+        stats = train_one_epoch(state.parallel, state.optimizer, train_loader, device, scheduler=scheduler,
                                 ema=state.ema, amp_dtype=state.amp_dtype, scaler=state.scaler,
                                 grad_clip=config.grad_clip, deadline=epoch_deadline, progress=progress,
-                                desc=f"epoch {epoch}" + ("" if epochs is None else f"/{epochs}"))
+                                desc=f"epoch {epoch}" + ("" if epochs is None else f"/{epochs}"),
+                                replicas=state.replicas)
         if stats["steps"] == 0 and state.epoch > 0:
             result.stopped = "time_limit"
             break
@@ -179,20 +193,22 @@ def train(
         record = {"epoch": epoch, "loss": stats["loss"], "steps": stats["steps"],
                   "batch_size": getattr(train_loader, "batch_size", config.batch_size),
                   "train_seconds": stats["seconds"], "lr": state.optimizer.param_groups[0]["lr"]}
-        # Out of time: the deadline cut this epoch, or after this epoch's validation (if it has one)
-        # not even one more step would fit; then this epoch's validation is the last one.
-        validating = clock is not None and (epoch == epochs or epoch % config.eval_every == 0)
-        step_seconds = stats["seconds"] / max(1, stats["steps"])
-        out_of_time = stats["deadline_hit"] or (epoch_deadline is not None and time.monotonic() + step_seconds
-                                                + (clock.full() if validating else 0.0) >= epoch_deadline)
-        if clock is not None and (validating or out_of_time):
-            _validate(state, val_loader, class_names or [], clock, record,
-                      None if deadline is None else deadline - report_seconds)
-            if "val_map" in record and state.progress >= 0.5:
-                stale = 0 if record["is_best"] else stale + 1
-        record["time_limit_hit"] = out_of_time
-        converged = config.patience is not None and stale >= config.patience and not out_of_time
-        record["converged"] = converged
+        if state.replicas.main:  # the other replicas take the record, and its decisions, from rank 0
+            # Out of time: the deadline cut this epoch, or after this epoch's validation (if it has
+            # one) not even one more step would fit; then this epoch's validation is the last one.
+            validating = clock is not None and (epoch == epochs or epoch % config.eval_every == 0)
+            step_seconds = stats["seconds"] / max(1, stats["steps"])
+            out_of_time = stats["deadline_hit"] or (epoch_deadline is not None and time.monotonic() + step_seconds
+                                                    + (clock.full() if validating else 0.0) >= epoch_deadline)
+            if clock is not None and (validating or out_of_time):
+                _validate(state, val_loader, class_names or [], clock, record,
+                          None if deadline is None else deadline - report_seconds)
+                if "val_map" in record and state.progress >= 0.5:
+                    stale = 0 if record["is_best"] else stale + 1
+            record["time_limit_hit"] = out_of_time
+            record["converged"] = config.patience is not None and stale >= config.patience and not out_of_time
+        record = state.replicas.share(record)
+        out_of_time, converged = record["time_limit_hit"], record["converged"]
         result.history.append(record)
         if on_epoch is not None:
             called = time.monotonic()

@@ -86,6 +86,10 @@ def run_trial(
 
     Out of GPU memory, the batch is halved (down to 1) and training goes on from the state it
     had reached, its best epoch kept; each epoch's record says the batch it used.
+
+    In a Ray Train worker (data-parallel), each replica trains on its shard of every epoch with
+    ``config.batch_size`` images a step (the batch is per replica), rank 0 validates, and an
+    out-of-memory error ends the run.
     """
     start = time.monotonic()
     deadline = None if budget is None else budget.monotonic()
@@ -98,8 +102,9 @@ def run_trial(
     if resume is not None:
         state.restore(resume)
     workers = data_workers(device, cpus) if config.num_workers is None else config.num_workers
+    replicas = state.replicas
     val_loader = None
-    if val_data is not None and len(val_data):
+    if val_data is not None and len(val_data) and replicas.main:  # rank 0 validates
         val_loader = make_loader(val_data, config.batch_size, train=False, num_workers=workers,
                                  pin_memory=device.type == "cuda")
     batch_size = config.batch_size
@@ -107,14 +112,15 @@ def run_trial(
         # Training images larger than twice what the model looks at are shrunk before augmentation.
         train_loader = make_loader(train_data, batch_size, train=True, augment=config.augment, num_workers=workers,
                                    seed=config.seed, max_side=2 * detector.input_side,
-                                   pin_memory=device.type == "cuda", cache_bytes=0 if workers else _cache_bytes(cpus))
+                                   pin_memory=device.type == "cuda", cache_bytes=0 if workers else _cache_bytes(cpus),
+                                   shard=(replicas.rank, replicas.size) if replicas.parallel else None)
         try:
             result = train(detector, train_loader, config, device, val_loader=val_loader,
                            class_names=list(train_data.classes), deadline=deadline, on_epoch=on_epoch,
                            state=state, progress=progress)
             break
         except torch.cuda.OutOfMemoryError:
-            if batch_size <= 1:
+            if batch_size <= 1 or replicas.parallel:  # replicas would have to agree on the retry
                 raise
             state.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()

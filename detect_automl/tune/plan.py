@@ -10,6 +10,7 @@ fidelity floor").
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -26,7 +27,7 @@ from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
 
 __all__ = ["FIDELITY_FLOOR_STEPS", "Hardware", "Probe", "SearchPlan", "SearchRequest", "make_plan",
-           "max_concurrent_trials", "plan_search", "probe", "trial_resources"]
+           "max_concurrent_trials", "plan_search", "probe", "trial_resources", "trial_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,32 @@ def max_concurrent_trials(num_cpus: float, num_gpus: float, cpus_per_trial: floa
     else:
         by_gpu = sum(math.floor(g / gpus_per_trial + 1e-9) for g in gpus)
     return max(0, min(by_cpu, by_gpu))
+
+
+def trial_workers(workers_per_trial: int | None, gpus_per_trial: float | None,
+                  cpus_per_trial: float | None) -> tuple[int, float | None, float | None]:
+    """Data-parallel workers per trial, and the trial's (GPUs, CPUs) totals they split evenly.
+
+    By default a trial given a whole number of GPUs above one trains one worker per GPU, and
+    anything else one worker. More than one worker defaults to one GPU each on a machine with
+    GPUs (one CPU each without), and needs a whole number of GPUs per worker: NCCL runs one
+    rank per GPU.
+    """
+    gpus = gpus_per_trial
+    if workers_per_trial is None:
+        whole = gpus is not None and gpus >= 2 and float(gpus).is_integer()
+        return (int(gpus) if whole else 1), gpus_per_trial, cpus_per_trial
+    if isinstance(workers_per_trial, bool) or not float(workers_per_trial).is_integer() or workers_per_trial < 1:
+        raise InputError(f"workers_per_trial must be a whole number >= 1, got {workers_per_trial!r}")
+    workers = int(workers_per_trial)
+    if workers == 1:
+        return 1, gpus_per_trial, cpus_per_trial
+    if gpus is None:
+        gpus = float(workers) if torch.cuda.is_available() else 0.0
+    if gpus > 0 and not (gpus / workers).is_integer():
+        raise InputError(f"workers_per_trial={workers} with gpus_per_trial={gpus:g}: each worker needs a whole GPU "
+                         f"(NCCL runs one rank per GPU); give gpus_per_trial={workers} or a multiple of it")
+    return workers, gpus, float(workers) if cpus_per_trial is None and gpus == 0 else cpus_per_trial
 
 
 def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_trial: float | None,
@@ -203,6 +230,7 @@ class SearchPlan:
     step_seconds: float | None = None
     needed_seconds: float | None = None
     floor_steps: int = FIDELITY_FLOOR_STEPS
+    workers_per_trial: int = 1
 
     @property
     def not_run(self) -> int:
@@ -218,6 +246,8 @@ class SearchPlan:
             lines = [f"search plan: 1 of {self.asked} trials, the preset's default{where}"]
         else:
             where = f"{self.cpus_per_trial:g} CPU" + (f" + {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else "")
+            if self.workers_per_trial > 1:
+                where += f" in {self.workers_per_trial} data-parallel workers"
             lines = [f"search plan: {self.num_run} of {self.asked} trials, {self.concurrency} at a time ({where} each)"]
             if self.default_seconds is not None:
                 lines.append(f"  the preset's default trains for {self.default_seconds:.0f} s; the {self.num_run - 1} "
@@ -304,6 +334,8 @@ class SearchRequest:
     progress: bool
     loggers: tuple[str, ...] = ()
     """Checked logger names (:func:`detect_automl.loggers.check_loggers`), writing to ``output/logs``."""
+    workers_per_trial: int = 1
+    """Data-parallel Ray Train workers per trial (:func:`trial_workers`), splitting its resources."""
 
     @property
     def grid(self) -> int:
@@ -326,7 +358,8 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
     probed = budget is not None and asked > 1 and not request.resume and request.grid == 1 \
         and (gpus == 0 or torch.cuda.is_available())
     if not probed:
-        return make_plan(asked, None if budget is None else budget.remaining(), slots, cpus, gpus, None)
+        plan = make_plan(asked, None if budget is None else budget.remaining(), slots, cpus, gpus, None)
+        return dataclasses.replace(plan, workers_per_trial=request.workers_per_trial)
     default = request.base.replace(**(request.points[0] if request.points else {}))
     measured = probe(default, train, torch.device("cuda" if gpus > 0 else "cpu"))
     log.info("probe: %.3f s per step of %s at batch %d (%.1f s)", measured.step_seconds, default.model,
@@ -336,8 +369,9 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
         cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
     capped = None if request.base.epochs is None else \
         request.base.epochs * math.ceil(len(train) / request.base.batch_size)
-    return make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
+    plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
                      max_steps=capped)
+    return dataclasses.replace(plan, workers_per_trial=request.workers_per_trial)
 
 
 def _hardware(address: str | None) -> Hardware:

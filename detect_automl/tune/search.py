@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "search"
 GRACE_EPOCHS = 2
 """ASHA's first rung without a time budget (epochs)."""
+WORKERS_DIR = "workers"
+"""Under the trials directory: the Ray Train runs of data-parallel trials (their checkpoints
+move to Tune's trial directories as they are reported)."""
 SIGNATURE_FILE = "search.json"
 """What a search was asked (space, trials, fixed values), kept beside it so a resume can check it."""
 
@@ -74,16 +77,23 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     try:
         # The plan's resources, checked against what Ray sees (a trial asking for more waits forever).
         trial_resources(Hardware.of_ray(), plan.gpus_per_trial, plan.cpus_per_trial)
+        storage_dir = (r.output / "trials").resolve()
+        workers = plan.workers_per_trial
         resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
+        if workers > 1:  # the trial only waits for its Ray Train workers, which hold its CPUs and GPUs
+            from .data_parallel import driver_resources  # imports Ray Train
+
+            resources = driver_resources()
         fixed = r.base.to_dict()
         first = r.points[0] if r.points else None  # the preset's default: its slot for the whole search
         trainable = tune.with_resources(
             tune.with_parameters(train_trial, train_data=train_data, val_data=val_data, base=fixed, budget=budget,
                                  trial_seconds=plan.trial_seconds, default=first,
-                                 default_seconds=plan.default_seconds),
+                                 default_seconds=plan.default_seconds, workers=workers,
+                                 resources=(plan.cpus_per_trial, plan.gpus_per_trial),
+                                 storage=storage_dir / WORKERS_DIR),
             resources,
         )
-        storage_dir = (r.output / "trials").resolve()
         experiment = storage_dir / EXPERIMENT
         # Tune stops launching trials at the deadline (pending ones stay resumable); running
         # trials stop themselves between steps at the same deadline.
@@ -164,7 +174,8 @@ def _collect(results, fixed: dict, experiment: Path, cut: str, early_stopping: b
         seconds = float(records[-1].get("time_total_s", 0.0)) if records else 0.0
         status, detail = _status(result, records, params, trial, cut, early_stopping)
         rows.append(leaderboard_row(trial_id, params, history[trial_id], seconds, status, detail))
-        rows[-1]["node"] = str(records[-1].get("node_id", ""))[:12] if records else ""
+        # Short node ids; a data-parallel trial's every node, rank 0's first.
+        rows[-1]["node"] = ",".join(n[:12] for n in str(records[-1].get("node_id", "")).split(",")) if records else ""
         rows[-1]["device"] = str(records[-1].get("device", "")) if records else ""
         if result.best_checkpoints:
             checkpoints[trial_id] = (_best_checkpoint(result.best_checkpoints), params, rows[-1])

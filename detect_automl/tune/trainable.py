@@ -16,7 +16,7 @@ from ..engine.trial import run_trial
 from ..leaderboard import history_record
 from .space import is_default
 
-__all__ = ["train_trial", "trial_device", "CHECKPOINT_FILE", "REPORT_MARGIN"]
+__all__ = ["train_trial", "trial_device", "trial_metrics", "save_checkpoint", "CHECKPOINT_FILE", "REPORT_MARGIN"]
 
 CHECKPOINT_FILE = "detector.pt"
 REPORT_MARGIN = 1.0
@@ -48,6 +48,19 @@ def checkpoint_score(record: dict) -> float:
     return float(record["val_map"]) - (0.0 if record["is_best"] else 1.0)
 
 
+def trial_metrics(record: dict, node: str, device: torch.device) -> dict:
+    """What a trial reports to Tune for a validated epoch's ``record``."""
+    return {**history_record(record), "time_limit_hit": record["time_limit_hit"],
+            "converged": record.get("converged", False), "node_id": node, "device": device.type,
+            "batch_size_used": record["batch_size"], "lr": record["lr"], CHECKPOINT_SCORE: checkpoint_score(record)}
+
+
+def save_checkpoint(state: TrainState, directory: Path) -> None:
+    """Write ``state``'s checkpoint (:meth:`TrainState.checkpoint`) into a Tune/Train checkpoint directory."""
+    saved = state.checkpoint()
+    write_serialized(directory / CHECKPOINT_FILE, lambda file: torch.save(saved, file))
+
+
 def train_trial(
     params: dict,
     *,
@@ -58,6 +71,9 @@ def train_trial(
     trial_seconds: float | None = None,
     default: dict | None = None,
     default_seconds: float | None = None,
+    workers: int = 1,
+    resources: tuple[float, float] = (1.0, 0.0),
+    storage: Path | None = None,
 ) -> None:
     """Train one configuration inside a Ray Tune trial.
 
@@ -70,6 +86,8 @@ def train_trial(
             ``budget`` ends".
         default: the preset's default point (the searched keys' values), which trains for
             ``default_seconds`` instead (None: until ``budget`` ends).
+        workers: data-parallel Ray Train workers (:mod:`.data_parallel`) sharing the trial's
+            ``resources`` (CPUs, GPUs), their runs under ``storage``; 1 trains in this process.
 
     The trial's schedule is planned to its own deadline. Each validated epoch reports
     ``val_map``, ``val_map_50``, ``loss``, ``lr``, ``epoch``, ``time_limit_hit``, ``converged``, the batch
@@ -94,20 +112,22 @@ def train_trial(
     seconds = default_seconds if is_default(params, default) else trial_seconds
     own = None if budget is None else budget.share(seconds).minus(REPORT_MARGIN)
 
+    if workers > 1:
+        from .data_parallel import run_workers
+
+        run_workers(config, train_data, val_data, workers=workers, cpus=resources[0], gpus=resources[1],
+                    budget=own, resume=resume, storage=storage,
+                    report=lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
+        return
     context = ray.get_runtime_context()
     node, device = context.get_node_id(), trial_device()
 
     def report(record: dict, state: TrainState) -> None:
         if "val_map" not in record:
             return
-        metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"],
-                   "converged": record.get("converged", False), "node_id": node, "device": device.type,
-                   "batch_size_used": record["batch_size"], "lr": record["lr"],
-                   CHECKPOINT_SCORE: checkpoint_score(record)}
         with tempfile.TemporaryDirectory() as directory:
-            saved = state.checkpoint()
-            write_serialized(Path(directory) / CHECKPOINT_FILE, lambda file: torch.save(saved, file))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            save_checkpoint(state, Path(directory))
+            tune.report(trial_metrics(record, node, device), checkpoint=tune.Checkpoint.from_directory(directory))
 
     run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
               budget=own, on_epoch=report, resume=resume, progress=False)

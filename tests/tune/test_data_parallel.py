@@ -1,0 +1,105 @@
+"""Data-parallel trials on CPU: two gloo workers through Ray Train, on real raccoon images."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import detect_automl as da
+from detect_automl.config import TrainConfig
+from detect_automl.errors import InputError
+from detect_automl.tune.plan import trial_workers
+
+FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2, "model": "ssdlite320_mobilenet_v3_large"}
+
+
+@pytest.fixture(scope="module")
+def data(datasets_dir):
+    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(8)
+    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
+    return train, val
+
+
+def test_workers_per_trial_defaults_to_one_per_whole_gpu_and_splits_the_trial():
+    assert trial_workers(None, 4, None) == (4, 4, None)  # a 4-GPU trial no longer idles 3 GPUs
+    assert trial_workers(None, 0.5, None) == (1, 0.5, None)
+    assert trial_workers(None, None, 3) == (1, None, 3)
+    assert trial_workers(2, 0, None) == (2, 0, 2.0)  # one CPU per worker by default
+    assert trial_workers(2, 0, 4) == (2, 0, 4)
+    assert trial_workers(2, 4, None) == (2, 4, None)
+    with pytest.raises(InputError, match="whole GPU"):
+        trial_workers(2, 1, None)  # two NCCL ranks cannot share one GPU
+    with pytest.raises(InputError, match="whole number >= 1"):
+        trial_workers(0, None, None)
+
+
+def _replica(loop: dict) -> None:
+    """A Ray Train worker: run_trial as a trial's worker runs it, recording each epoch's weights."""
+    import ray.train
+
+    from detect_automl.engine.trial import run_trial
+
+    seen = []
+
+    def on_epoch(record: dict, state) -> None:
+        # Parameters only: BatchNorm's running statistics differ by each replica's last batch until
+        # the next forward broadcasts rank 0's (DistributedDataParallel's broadcast_buffers).
+        weights = {k: v.detach().cpu().clone() for k, v in state.model.named_parameters()}
+        seen.append({"record": record, "weights": weights, "lr": state.optimizer.param_groups[0]["lr"]})
+
+    train, val = loop["data"]
+    run_trial(TrainConfig.from_dict(loop["config"]), train, val, device=torch.device("cpu"), on_epoch=on_epoch,
+              progress=False)
+    rank = ray.train.get_context().get_world_rank()
+    torch.save(seen, f"{loop['out']}/rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_two_gloo_workers_train_identical_replicas_on_halves_of_each_epoch(data, tmp_path):
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    train, val = data
+    config = TrainConfig(**FIXED)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        TorchTrainer(_replica, train_loop_config={"config": config.to_dict(), "data": (train, val), "out": str(tmp_path)},
+                     scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+                     run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"))).fit()
+    finally:
+        ray.shutdown()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [len(epochs) for epochs in ranks] == [3, 3]
+    for first, second in zip(*ranks):
+        assert first["record"] == second["record"]  # rank 0's record and decisions, on both
+        assert first["lr"] == second["lr"]
+        assert first["weights"].keys() == second["weights"].keys()
+        for name, tensor in first["weights"].items():  # gradients all-reduced: the replicas stay one model
+            assert torch.equal(tensor, second["weights"][name]), name
+    records = [epoch["record"] for epoch in ranks[0]]
+    assert [r["steps"] for r in records] == [2, 2, 2]  # 8 images, 4 a replica, batches of 2
+    assert all("val_map" in r for r in records)  # rank 0 validated every epoch
+    assert records[-1]["loss"] < 0.8 * records[0]["loss"]  # it learns
+
+
+@pytest.mark.slow
+def test_fit_with_two_workers_per_trial_saves_a_model_that_loads_and_predicts(data, tmp_path, datasets_dir):
+    train, val = data
+    detector = da.fit(train, val, time_limit=150, workers_per_trial=2, hyperparameters=FIXED, output_dir=tmp_path,
+                      progress=False)
+    board = detector.leaderboard()
+    assert len(board) == 1 and board.iloc[0]["status"] == "completed" and board.iloc[0]["epochs"] == 3
+    history = detector.history[board.iloc[0]["trial_id"]]
+    assert [r["epoch"] for r in history] == [1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
+    loaded = da.ObjectDetector.load(tmp_path / "model")
+    assert loaded.metrics["map"] == pytest.approx(board.iloc[0]["val_map"])
+    image = datasets_dir / "raccoon" / "JPEGImages" / "raccoon-10.jpg"
+    ids, scores, boxes = loaded.predict(image, score_threshold=0)
+    expected = detector.predict(image, score_threshold=0)
+    assert len(scores) > 0 and boxes.shape == (len(scores), 4)
+    torch.testing.assert_close(torch.as_tensor(scores), torch.as_tensor(expected.scores))
+    assert not any((tmp_path / "trials" / "workers").rglob("detector.pt"))  # moved to Tune, not kept twice
