@@ -23,10 +23,9 @@ from ray.train.v2.api.callback import UserCallback
 
 from ..budget import Budget
 from ..config import TrainConfig
-from ..data.dataset import Dataset
 from ..engine.state import TrainState
 from ..engine.trial import run_trial
-from .trainable import save_checkpoint, trial_metrics
+from .trainable import SharedData, save_checkpoint, trial_metrics
 
 __all__ = ["DRIVER_MEMORY", "driver_resources", "run_workers"]
 
@@ -40,11 +39,11 @@ def driver_resources() -> dict:
     return {"memory": DRIVER_MEMORY}
 
 
-def run_workers(config: TrainConfig, train_data: Dataset, val_data: Dataset, *, workers: int, cpus: float,
+def run_workers(config: TrainConfig, data: SharedData, *, workers: int, cpus: float,
                 gpus: float, budget: Budget | None, resume: dict | None, storage: Path,
                 report: Callable[[dict, object], None]) -> None:
-    """Train ``config`` with ``workers`` data-parallel Ray Train workers sharing ``cpus`` and
-    ``gpus``; ``report(metrics, checkpoint)`` receives rank 0's reports as they come.
+    """Train ``config`` on ``data`` (the train and val Datasets) with ``workers``
+    data-parallel Ray Train workers sharing ``cpus`` and ``gpus``; ``report(metrics, checkpoint)`` receives rank 0's reports as they come.
 
     Raises the first failing worker's own exception (a diverged loss stays a TrainingError).
     """
@@ -56,7 +55,7 @@ def run_workers(config: TrainConfig, train_data: Dataset, val_data: Dataset, *, 
     per_worker = {"CPU": cpus / workers, **({"GPU": gpus / workers} if gpus > 0 else {})}
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": config.to_dict(), "data": (train_data, val_data), "budget": budget,
+        train_loop_config={"config": config.to_dict(), "data": data, "budget": budget,
                            "resume": None if resume is None else ray.put(resume), "cpus": cpus / workers},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -112,7 +111,7 @@ class _Relay(UserCallback):
 def _worker(loop: dict) -> None:
     """One Ray Train worker: a replica of the trial's run (see :func:`run_trial`)."""
     config = TrainConfig.from_dict(loop["config"])
-    train_data, val_data = loop["data"]
+    train_data, val_data = loop["data"].get()
     resume = None if loop["resume"] is None else ray.get(loop["resume"])
     context = ray.train.get_context()
     main = context.get_world_rank() == 0

@@ -19,7 +19,7 @@ from ..leaderboard import TrialStatus, end_status, history_record, leaderboard_r
 from ..loggers import LOGS
 from .plan import Hardware, SearchPlan, SearchRequest, trial_resources
 from .space import to_tune_domains
-from .trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, train_trial
+from .trainable import CHECKPOINT_FILE, CHECKPOINT_SCORE, SharedData, train_trial
 
 __all__ = ["SearchOutcome", "run_search"]
 
@@ -87,8 +87,9 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
         fixed = r.base.to_dict()
         first = r.points[0] if r.points else None  # the preset's default: its slot for the whole search
         trainable = tune.with_resources(
-            tune.with_parameters(train_trial, train_data=train_data, val_data=val_data, base=fixed, budget=budget,
-                                 trial_seconds=plan.trial_seconds, default=first,
+            # The datasets go into the object store once; trials and workers get the reference.
+            tune.with_parameters(train_trial, data=SharedData(ray.put((train_data, val_data))), base=fixed,
+                                 budget=budget, trial_seconds=plan.trial_seconds, default=first,
                                  default_seconds=plan.default_seconds, workers=workers,
                                  resources=(plan.cpus_per_trial, plan.gpus_per_trial),
                                  storage=storage_dir / WORKERS_DIR),

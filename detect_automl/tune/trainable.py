@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,13 +11,12 @@ import torch
 from .._saving import write_serialized
 from ..budget import Budget
 from ..config import TrainConfig
-from ..data.dataset import Dataset
 from ..engine.state import TrainState
 from ..engine.trial import run_trial
 from ..leaderboard import history_record
 from .space import is_default
 
-__all__ = ["train_trial", "trial_device", "trial_metrics", "save_checkpoint", "CHECKPOINT_FILE", "REPORT_MARGIN"]
+__all__ = ["SharedData", "train_trial", "trial_device", "trial_metrics", "save_checkpoint", "CHECKPOINT_FILE", "REPORT_MARGIN"]
 
 CHECKPOINT_FILE = "detector.pt"
 REPORT_MARGIN = 1.0
@@ -48,6 +48,21 @@ def checkpoint_score(record: dict) -> float:
     return float(record["val_map"]) - (0.0 if record["is_best"] else 1.0)
 
 
+@dataclass(frozen=True)
+class SharedData:
+    """The (train, val) Datasets, put once in Ray's object store: each node fetches one copy,
+    which its trials and their data-parallel workers share. (A bare ObjectRef given to
+    ``tune.with_parameters`` would arrive resolved, and a trial could only hand its workers a
+    fresh copy.)"""
+
+    ref: object
+
+    def get(self) -> tuple:
+        import ray
+
+        return ray.get(self.ref)
+
+
 def trial_metrics(record: dict, node: str, device: torch.device) -> dict:
     """What a trial reports to Tune for a validated epoch's ``record``."""
     return {**history_record(record), "time_limit_hit": record["time_limit_hit"],
@@ -64,8 +79,7 @@ def save_checkpoint(state: TrainState, directory: Path) -> None:
 def train_trial(
     params: dict,
     *,
-    train_data: Dataset,
-    val_data: Dataset,
+    data: SharedData,
     base: dict,
     budget: Budget | None,
     trial_seconds: float | None = None,
@@ -79,7 +93,7 @@ def train_trial(
 
     Args:
         params: the values Tune chose for this trial (TrainConfig fields).
-        train_data, val_data: shipped once through Ray's object store (``tune.with_parameters``).
+        data: the train and val Datasets (:class:`SharedData`).
         base: the fixed TrainConfig fields (preset merged with the user's hyperparameters).
         budget: the search's budget (a wall-clock deadline, the same on every node of a cluster).
         trial_seconds: the plan's time for one trial from its start, or None for "until
@@ -115,10 +129,11 @@ def train_trial(
     if workers > 1:
         from .data_parallel import run_workers
 
-        run_workers(config, train_data, val_data, workers=workers, cpus=resources[0], gpus=resources[1],
+        run_workers(config, data, workers=workers, cpus=resources[0], gpus=resources[1],
                     budget=own, resume=resume, storage=storage,
                     report=lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
         return
+    train_data, val_data = data.get()
     context = ray.get_runtime_context()
     node, device = context.get_node_id(), trial_device()
 

@@ -101,3 +101,32 @@ def test_fit_on_an_existing_two_node_cluster(two_node_cluster, datasets_dir, tmp
     assert board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
     assert (tmp_path / "trials" / "search").is_dir()  # storage_path both nodes see
     assert loaded.metrics["trial_id"] == board.iloc[0]["trial_id"]
+
+
+_DATA_PARALLEL_DRIVER = """
+import sys, detect_automl as da
+data, address, out = sys.argv[1:]
+train = da.Dataset(data, split="train").subset(6)
+val = da.Dataset(data, split="val").subset(2)
+da.fit(train, val, time_limit=150, workers_per_trial=2, ray_address=address, output_dir=out, progress=False,
+       hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 1,
+                        "model": "ssdlite320_mobilenet_v3_large"})
+"""
+
+
+def test_one_data_parallel_trial_spans_both_nodes(two_node_cluster, datasets_dir, tmp_path):
+    # Two workers of one CPU each, on nodes of one CPU each: Ray Train must place one per node.
+    driver = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_DRIVER, str(datasets_dir / "raccoon"),
+                             two_node_cluster, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    loaded = da.ObjectDetector.load(tmp_path / "model")
+    board = loaded.leaderboard()
+    assert len(board) == 1 and board.iloc[0]["status"] == "completed" and board.iloc[0]["epochs"] == 2, board
+    nodes = board.iloc[0]["node"].split(",")
+    assert len(nodes) == 2 and len(set(nodes)) == 2, board[["trial_id", "node"]]  # rank 0's node, then the other
+    history = loaded.history[board.iloc[0]["trial_id"]]
+    assert [r["epoch"] for r in history] == [1, 2] and history[-1]["loss"] < history[0]["loss"]
+    assert loaded.metrics["map"] == pytest.approx(board.iloc[0]["val_map"])
+    detections = loaded.predict(datasets_dir / "raccoon" / "JPEGImages" / "raccoon-10.jpg", score_threshold=0)
+    assert len(detections.scores) > 0 and detections.boxes.shape == (len(detections.scores), 4)
+    assert not any((tmp_path / "trials" / "workers").rglob("detector.pt"))  # moved to Tune's trial, not kept twice

@@ -86,20 +86,4 @@ def test_two_gloo_workers_train_identical_replicas_on_halves_of_each_epoch(data,
     assert records[-1]["loss"] < 0.8 * records[0]["loss"]  # it learns
 
 
-@pytest.mark.slow
-def test_fit_with_two_workers_per_trial_saves_a_model_that_loads_and_predicts(data, tmp_path, datasets_dir):
-    train, val = data
-    detector = da.fit(train, val, time_limit=150, workers_per_trial=2, hyperparameters=FIXED, output_dir=tmp_path,
-                      progress=False)
-    board = detector.leaderboard()
-    assert len(board) == 1 and board.iloc[0]["status"] == "completed" and board.iloc[0]["epochs"] == 3
-    history = detector.history[board.iloc[0]["trial_id"]]
-    assert [r["epoch"] for r in history] == [1, 2, 3] and history[-1]["loss"] < history[0]["loss"]
-    loaded = da.ObjectDetector.load(tmp_path / "model")
-    assert loaded.metrics["map"] == pytest.approx(board.iloc[0]["val_map"])
-    image = datasets_dir / "raccoon" / "JPEGImages" / "raccoon-10.jpg"
-    ids, scores, boxes = loaded.predict(image, score_threshold=0)
-    expected = detector.predict(image, score_threshold=0)
-    assert len(scores) > 0 and boxes.shape == (len(scores), 4)
-    torch.testing.assert_close(torch.as_tensor(scores), torch.as_tensor(expected.scores))
-    assert not any((tmp_path / "trials" / "workers").rglob("detector.pt"))  # moved to Tune, not kept twice
+# fit(workers_per_trial=2) end to end, one worker on each node of a cluster: tests/tune/test_cluster.py.
