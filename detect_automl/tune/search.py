@@ -249,6 +249,8 @@ def _status(result, records: list[dict], params: dict, trial, cut: str,
     if result.error is not None:
         lines = [line for line in str(result.error).strip().splitlines() if line.strip()]
         last = (lines[-1] if lines else type(result.error).__name__)[:200]
+        if _lost_worker(result.error):
+            return TrialStatus.FAILED, f"lost its Ray worker (its node died or its process was killed): {last}"
         return (TrialStatus.DIVERGED if "TrainingError" in last else TrialStatus.FAILED), last
     if trial is not None and trial.status in ("PENDING", "RUNNING", "PAUSED"):
         stopped = TrialStatus.INTERRUPTED if cut == "interrupted" else TrialStatus.COMPLETED
@@ -263,3 +265,11 @@ def _status(result, records: list[dict], params: dict, trial, cut: str,
         return TrialStatus.EARLY_STOPPED, ""
     stopped = stopped or "time_limit"
     return end_status(stopped, last.get("batch_size_used"), params["batch_size"])
+
+
+def _lost_worker(error: BaseException) -> bool:
+    """Whether a trial failed because Ray lost the process it ran in (a node died, the OOM killer)."""
+    from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+    lost = (RayActorError, NodeDiedError, WorkerCrashedError)
+    return isinstance(error, lost) or isinstance(getattr(error, "__cause__", None), lost)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,16 @@ def _kill_processes_mentioning(marker: str) -> None:
         time.sleep(0.5)
 
 
+@dataclass
+class _Cluster:
+    address: str
+    worker_dir: str
+
+    def kill_worker_node(self) -> None:
+        """The second node dies: its raylet, object store and workers, all at once (SIGKILL)."""
+        _kill_processes_mentioning(self.worker_dir)
+
+
 @pytest.fixture
 def two_node_cluster(monkeypatch):
     if not RAY.exists():
@@ -67,7 +78,7 @@ def two_node_cluster(monkeypatch):
         subprocess.run([str(RAY), "start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1",
                         f"--temp-dir={worker_dir}", *common],
                        check=True, capture_output=True, timeout=120, env=env)
-        yield f"127.0.0.1:{port}"
+        yield _Cluster(f"127.0.0.1:{port}", worker_dir)
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"could not start a local Ray cluster: {exc.stderr.decode(errors='replace')[-2000:]}")
     finally:
@@ -84,23 +95,35 @@ data, address, out = sys.argv[1:]
 train = da.Dataset(data, split="train").subset(6)
 val = da.Dataset(data, split="val").subset(2)
 da.fit(train, val, time_limit=150, num_trials=2, ray_address=address, output_dir=out, progress=False,
-       hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 2, "warmup_steps": 1})
+       hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 12, "warmup_steps": 1})
 assert not ray.is_initialized()  # fit disconnected; the cluster is the fixture's to stop
 """
 
 
-def test_fit_on_an_existing_two_node_cluster(two_node_cluster, datasets_dir, tmp_path):
+def test_fit_on_a_two_node_cluster_keeps_what_it_has_when_a_node_dies(two_node_cluster, datasets_dir, tmp_path):
     # The driver runs in its own process: Ray reads its auth mode once per process, so a local
     # search earlier in this test process would otherwise decide how it talks to the cluster.
-    driver = subprocess.run([sys.executable, "-c", _DRIVER, str(datasets_dir / "raccoon"), two_node_cluster,
-                             str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(datasets_dir / "raccoon"),
+                               two_node_cluster.address, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # One trial on each node (one CPU each): once both have reported an epoch, the second node dies.
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        results = list(tmp_path.glob("trials/search/*/result.json"))
+        if len(results) == 2 and all(r.stat().st_size for r in results):
+            two_node_cluster.kill_worker_node()
+            break
+        time.sleep(0.2)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0, output[-5000:]
     loaded = da.ObjectDetector.load(tmp_path / "model")
     board = loaded.leaderboard()
-    assert len(board) == 2 and (board["status"] == "completed").all()
-    assert board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
+    assert len(board) == 2 and board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
+    assert sorted(board["status"]) == ["completed", "failed"], board[["trial_id", "status", "detail"]]
+    lost = board[board["status"] == "failed"].iloc[0]
+    assert lost["detail"].startswith("lost its Ray worker (its node died"), lost["detail"]
+    assert loaded.metrics["trial_id"] == board[board["status"] == "completed"].iloc[0]["trial_id"]
     assert (tmp_path / "trials" / "search").is_dir()  # storage_path both nodes see
-    assert loaded.metrics["trial_id"] == board.iloc[0]["trial_id"]
 
 
 _DATA_PARALLEL_DRIVER = """
@@ -117,7 +140,7 @@ da.fit(train, val, time_limit=150, workers_per_trial=2, ray_address=address, out
 def test_one_data_parallel_trial_spans_both_nodes(two_node_cluster, datasets_dir, tmp_path):
     # Two workers of one CPU each, on nodes of one CPU each: Ray Train must place one per node.
     driver = subprocess.run([sys.executable, "-c", _DATA_PARALLEL_DRIVER, str(datasets_dir / "raccoon"),
-                             two_node_cluster, str(tmp_path)], capture_output=True, text=True, timeout=300)
+                             two_node_cluster.address, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert driver.returncode == 0, driver.stdout[-3000:] + driver.stderr[-3000:]
     loaded = da.ObjectDetector.load(tmp_path / "model")
     board = loaded.leaderboard()

@@ -124,6 +124,7 @@ def test_a_killed_trial_worker_does_not_lose_the_other_trials(data, tmp_path):
     board = detector.leaderboard()
     failed = board[board["status"] == "failed"]
     assert len(failed) == 1, board[["trial_id", "status"]]
+    assert failed.iloc[0]["detail"].startswith("lost its Ray worker"), failed.iloc[0]["detail"]
     assert len(board) == 3 and board["val_map"].iloc[:2].notna().all()
     assert detector.metrics["trial_id"] not in set(failed["trial_id"])
     assert (detector.path / "model.pt").is_file()
