@@ -57,13 +57,17 @@ def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
     assert "mAP@50" in capsys.readouterr().out
 
 
-def test_errors_exit_2_with_a_message(tmp_path, capsys):
+def test_errors_exit_2_with_a_message(datasets_dir, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "no_model"), "x.jpg"]) == 2
     assert "error:" in capsys.readouterr().err
     # export loads the directory first: a missing model is the loader's clear error, nothing written
     assert main(["export", str(tmp_path / "no_model"), "--output", str(tmp_path / "out.torchscript")]) == 2
     assert "no_model: no saved model here" in capsys.readouterr().err
     assert not (tmp_path / "out.torchscript").exists()
+    # fit's flags reach fit: two NCCL workers cannot share one GPU, said before anything trains
+    assert main(["fit", str(datasets_dir / "raccoon"), "--split", "train", "--workers-per-trial", "2",
+                 "--gpus-per-trial", "1", "--output", str(tmp_path / "run")]) == 2
+    assert "workers_per_trial=2 with gpus_per_trial=1: each worker needs a whole GPU" in capsys.readouterr().err
 
 
 def test_predict_out_writes_json_and_one_drawn_image_per_input(datasets_dir, tmp_path, capsys):
