@@ -81,6 +81,7 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
         workers = plan.workers_per_trial
         resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
         if workers > 1:  # the trial only waits for its Ray Train workers, which hold its CPUs and GPUs
+            _require_ray_train_v2(workers)
             from .data_parallel import driver_resources  # imports Ray Train
 
             resources = driver_resources()
@@ -273,3 +274,19 @@ def _lost_worker(error: BaseException) -> bool:
 
     lost = (RayActorError, NodeDiedError, WorkerCrashedError)
     return isinstance(error, lost) or isinstance(getattr(error, "__cause__", None), lost)
+
+
+def _require_ray_train_v2(workers: int) -> None:
+    """Data-parallel trials drive Ray Train V2 (the default from Ray 2.51; from 2.43 with
+    ``RAY_TRAIN_V2_ENABLED=1``): say so before any trial starts, instead of failing in each."""
+    try:
+        from ray.train.v2._internal.constants import is_v2_enabled
+    except ImportError:
+        enabled = False
+    else:
+        enabled = is_v2_enabled()
+    if not enabled:
+        import ray
+
+        raise SearchError(f"workers_per_trial={workers} needs Ray Train V2: upgrade ray (>= 2.51, installed "
+                          f"{ray.__version__}), or set RAY_TRAIN_V2_ENABLED=1 (ray >= 2.43)")

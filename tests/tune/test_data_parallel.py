@@ -36,6 +36,12 @@ def test_workers_per_trial_defaults_to_one_per_whole_gpu_and_splits_the_trial():
         trial_workers(0, None, None)
 
 
+def test_data_parallel_trials_on_ray_train_v1_say_what_to_change(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "0")  # Ray Train's deprecated V1, as before Ray 2.51
+    with pytest.raises(da.SearchError, match=r"workers_per_trial=2 needs Ray Train V2: upgrade ray .*RAY_TRAIN_V2_ENABLED=1"):
+        da.fit(*data, time_limit=60, workers_per_trial=2, hyperparameters=FIXED, output_dir=tmp_path, progress=False)
+
+
 def _replica(loop: dict) -> None:
     """A Ray Train worker: run_trial as a trial's worker runs it, recording each epoch's weights."""
     import ray.train
