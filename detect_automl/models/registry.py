@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, VGG16_Weights, WeightsEnum
+from torchvision.models import MobileNet_V3_Large_Weights, ResNet50_Weights, VGG16_Weights
 from torchvision.models import detection as tvd
 
 from ..errors import ModelError, WeightsError

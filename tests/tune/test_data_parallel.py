@@ -16,13 +16,6 @@ from detect_automl.tune.plan import trial_workers
 FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2, "model": "ssdlite320_mobilenet_v3_large"}
 
 
-@pytest.fixture(scope="module")
-def data(datasets_dir):
-    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(8)
-    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
-    return train, val
-
-
 def test_workers_per_trial_defaults_to_one_per_whole_gpu_and_splits_the_trial():
     assert trial_workers(None, 4, None) == (4, 4, None)  # a 4-GPU trial no longer idles 3 GPUs
     assert trial_workers(None, 0.5, None) == (1, 0.5, None)

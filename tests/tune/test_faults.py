@@ -71,12 +71,6 @@ def test_out_of_memory_at_batch_one_fails_the_trial(data, monkeypatch):
         run_trial(TrainConfig(**{**FIXED, "batch_size": 1}), train, val, progress=False)
 
 
-@pytest.fixture(scope="module")
-def data(datasets_dir):
-    return (da.Dataset(datasets_dir / "raccoon", split="train").subset(8),
-            da.Dataset(datasets_dir / "raccoon", split="val").subset(3))
-
-
 def test_a_diverging_trial_is_reported_and_never_kept(data, tmp_path):
     train, val = data
     detector = da.fit(train, val, time_limit=120, num_trials=1, output_dir=tmp_path, progress=False,

@@ -21,13 +21,6 @@ from detect_automl.tune.space import preset_config
 FIXED = {"pretrained": None, "batch_size": 2, "epochs": 3, "warmup_steps": 2}
 
 
-@pytest.fixture(scope="module")
-def data(datasets_dir):
-    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(8)
-    val = da.Dataset(datasets_dir / "raccoon", split="val").subset(3)
-    return train, val
-
-
 def test_fractional_gpus_pack_per_gpu_not_across():
     assert max_concurrent_trials(64, 8, 1, 0.15) == 48  # 6 per GPU, 8 GPUs (ray#5902)
     assert max_concurrent_trials(64, 8, 1, 0.15, gpus_per_node=[4, 4]) == 48
