@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 
 import pytest
@@ -29,10 +31,23 @@ def test_workers_per_trial_defaults_to_one_per_whole_gpu_and_splits_the_trial():
         trial_workers(0, None, None)
 
 
-def test_data_parallel_trials_on_ray_train_v1_say_what_to_change(data, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_TRAIN_V2_ENABLED", "0")  # Ray Train's deprecated V1, as before Ray 2.51
-    with pytest.raises(da.SearchError, match=r"workers_per_trial=2 needs Ray Train V2: upgrade ray .*RAY_TRAIN_V2_ENABLED=1"):
-        da.fit(*data, time_limit=60, workers_per_trial=2, hyperparameters=FIXED, output_dir=tmp_path, progress=False)
+_V1_DRIVER = """
+import sys, detect_automl as da
+data, out = sys.argv[1:]
+train, val = da.Dataset(data, split="train").subset(4), da.Dataset(data, split="val").subset(2)
+da.fit(train, val, time_limit=60, workers_per_trial=2, output_dir=out, progress=False,
+       hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 1})
+"""
+
+
+def test_data_parallel_trials_on_ray_train_v1_say_what_to_change(datasets_dir, tmp_path):
+    # Its own process: Ray picks Train V1 or V2 when ray.train is first imported.
+    env = {**os.environ, "RAY_TRAIN_V2_ENABLED": "0"}  # Ray Train's deprecated V1, as before Ray 2.51
+    driver = subprocess.run([sys.executable, "-c", _V1_DRIVER, str(datasets_dir / "raccoon"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert driver.returncode != 0
+    assert "SearchError: workers_per_trial=2 needs Ray Train V2: upgrade ray" in driver.stderr, driver.stderr[-3000:]
+    assert "RAY_TRAIN_V2_ENABLED=1" in driver.stderr
 
 
 def _replica(loop: dict) -> None:
