@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-import detect_automl as da
 from detect_automl.budget import Budget
 from detect_automl.config import TrainConfig
 from detect_automl.errors import InputError
