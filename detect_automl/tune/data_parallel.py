@@ -19,7 +19,10 @@ from typing import Callable
 import ray
 import ray.train
 import ray.train.torch
+from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
+from ray.tune import get_context
+from ray.util.queue import Empty, Queue
 
 from ..budget import Budget
 from ..config import TrainConfig
@@ -42,15 +45,12 @@ def driver_resources() -> dict:
 def run_workers(config: TrainConfig, data: SharedData, *, workers: int, cpus: float,
                 gpus: float, budget: Budget | None, resume: dict | None, storage: Path,
                 report: Callable[[dict, object], None]) -> None:
-    """Train ``config`` on ``data`` (the train and val Datasets) with ``workers``
-    data-parallel Ray Train workers sharing ``cpus`` and ``gpus``; ``report(metrics, checkpoint)`` receives rank 0's reports as they come.
+    """Train ``config`` on ``data`` (the train and val Datasets) with ``workers`` data-parallel
+    Ray Train workers sharing ``cpus`` and ``gpus``; ``report(metrics, checkpoint)`` receives
+    rank 0's reports as they come.
 
     Raises the first failing worker's own exception (a diverged loss stays a TrainingError).
     """
-    from ray.train.torch import TorchTrainer
-    from ray.tune import get_context
-    from ray.util.queue import Empty, Queue
-
     reports = Queue(1, actor_options={"num_cpus": 0})
     per_worker = {"CPU": cpus / workers, **({"GPU": gpus / workers} if gpus > 0 else {})}
     trainer = TorchTrainer(
