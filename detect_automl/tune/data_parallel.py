@@ -10,7 +10,6 @@ it holds a little memory and no CPU, and the workers ask for the trial's CPUs an
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from ..budget import Budget
 from ..config import TrainConfig
 from ..engine.state import TrainState
 from ..engine.trial import run_trial
-from .trainable import SharedData, save_checkpoint, trial_metrics
+from .trainable import SharedData, report_epoch
 
 __all__ = ["DRIVER_MEMORY", "driver_resources", "run_workers"]
 
@@ -113,21 +112,12 @@ def _worker(loop: dict) -> None:
     config = TrainConfig.from_dict(loop["config"])
     train_data, val_data = loop["data"].get()
     resume = None if loop["resume"] is None else ray.get(loop["resume"])
-    context = ray.train.get_context()
-    main = context.get_world_rank() == 0
     device = ray.train.torch.get_device()
     node = ray.get_runtime_context().get_node_id()
 
     def report(record: dict, state: TrainState) -> None:
-        if "val_map" not in record:  # the same record on every rank: all report, or none
-            return
-        metrics = trial_metrics(record, node, device)
-        if not main:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(state, Path(directory))
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+        report_epoch(record, state, node, device,
+                     lambda metrics, checkpoint: ray.train.report(metrics, checkpoint=checkpoint))
 
     run_trial(config, train_data, val_data, device=device, cpus=loop["cpus"], budget=loop["budget"],
               on_epoch=report, resume=resume, progress=False)

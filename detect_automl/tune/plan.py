@@ -359,18 +359,18 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
         and (gpus == 0 or torch.cuda.is_available())
     if not probed:
         plan = make_plan(asked, None if budget is None else budget.remaining(), slots, cpus, gpus, None)
-        return dataclasses.replace(plan, workers_per_trial=request.workers_per_trial)
-    default = request.base.replace(**(request.points[0] if request.points else {}))
-    measured = probe(default, train, torch.device("cuda" if gpus > 0 else "cpu"))
-    log.info("probe: %.3f s per step of %s at batch %d (%.1f s)", measured.step_seconds, default.model,
-             default.batch_size, measured.seconds)
-    if request.gpus_per_trial is None and gpus > 0:  # the GPU fraction the probe's memory allows
-        share = gpu_share(measured.peak_gpu_bytes, hardware.gpu_memory, asked, hardware.gpus)
-        cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
-    capped = None if request.base.epochs is None else \
-        request.base.epochs * math.ceil(len(train) / request.base.batch_size)
-    plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
-                     max_steps=capped)
+    else:
+        default = request.base.replace(**(request.points[0] if request.points else {}))
+        measured = probe(default, train, torch.device("cuda" if gpus > 0 else "cpu"))
+        log.info("probe: %.3f s per step of %s at batch %d (%.1f s)", measured.step_seconds, default.model,
+                 default.batch_size, measured.seconds)
+        if request.gpus_per_trial is None and gpus > 0:  # the GPU fraction the probe's memory allows
+            share = gpu_share(measured.peak_gpu_bytes, hardware.gpu_memory, asked, hardware.gpus)
+            cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
+        capped = None if request.base.epochs is None else \
+            request.base.epochs * math.ceil(len(train) / request.base.batch_size)
+        plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
+                         max_steps=capped)
     return dataclasses.replace(plan, workers_per_trial=request.workers_per_trial)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..engine.trial import run_trial
 from ..leaderboard import history_record
 from .space import is_default
 
-__all__ = ["SharedData", "train_trial", "trial_device", "trial_metrics", "save_checkpoint", "CHECKPOINT_FILE", "REPORT_MARGIN"]
+__all__ = ["SharedData", "train_trial", "trial_device", "report_epoch", "CHECKPOINT_FILE", "REPORT_MARGIN"]
 
 CHECKPOINT_FILE = "detector.pt"
 REPORT_MARGIN = 1.0
@@ -63,17 +64,27 @@ class SharedData:
         return ray.get(self.ref)
 
 
-def trial_metrics(record: dict, node: str, device: torch.device) -> dict:
-    """What a trial reports to Tune for a validated epoch's ``record``."""
-    return {**history_record(record), "time_limit_hit": record["time_limit_hit"],
-            "converged": record.get("converged", False), "node_id": node, "device": device.type,
-            "batch_size_used": record["batch_size"], "lr": record["lr"], CHECKPOINT_SCORE: checkpoint_score(record)}
+def report_epoch(record: dict, state: TrainState, node: str, device: torch.device,
+                 send: Callable[[dict, object], None]) -> None:
+    """Report a validated epoch: ``send(metrics, checkpoint)`` with ``tune.report`` in a trial or
+    ``ray.train.report`` in a data-parallel worker. Rank 0 (a one-process run is its own rank 0)
+    sends the checkpoint of the whole training state; the other ranks send the metrics alone.
+    An epoch without validation sends nothing (Tune ranks on ``val_map`` and rejects a result
+    without it); the record is the same on every rank, so all ranks report, or none."""
+    if "val_map" not in record:
+        return
+    metrics = {**history_record(record), "time_limit_hit": record["time_limit_hit"],
+               "converged": record.get("converged", False), "node_id": node, "device": device.type,
+               "batch_size_used": record["batch_size"], "lr": record["lr"], CHECKPOINT_SCORE: checkpoint_score(record)}
+    if not state.replicas.main:
+        send(metrics, None)
+        return
+    from ray.tune import Checkpoint
 
-
-def save_checkpoint(state: TrainState, directory: Path) -> None:
-    """Write ``state``'s checkpoint (:meth:`TrainState.checkpoint`) into a Tune/Train checkpoint directory."""
-    saved = state.checkpoint()
-    write_serialized(directory / CHECKPOINT_FILE, lambda file: torch.save(saved, file))
+    with tempfile.TemporaryDirectory() as directory:
+        saved = state.checkpoint()
+        write_serialized(Path(directory) / CHECKPOINT_FILE, lambda file: torch.save(saved, file))
+        send(metrics, Checkpoint.from_directory(directory))
 
 
 def train_trial(
@@ -138,11 +149,7 @@ def train_trial(
     node, device = context.get_node_id(), trial_device()
 
     def report(record: dict, state: TrainState) -> None:
-        if "val_map" not in record:
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            save_checkpoint(state, Path(directory))
-            tune.report(trial_metrics(record, node, device), checkpoint=tune.Checkpoint.from_directory(directory))
+        report_epoch(record, state, node, device, lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
 
     run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
               budget=own, on_epoch=report, resume=resume, progress=False)
