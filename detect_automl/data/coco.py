@@ -13,7 +13,7 @@ import numpy as np
 from ._files import check_classes, check_labels, place_images
 from .boxes import xywh_to_xyxy, xyxy_to_xywh
 from .problems import Invalid, Problem, raise_problem, report_error
-from .records import ImageRecord
+from .records import ImageRecord, gc_paused
 
 __all__ = ["read_coco", "write_coco", "default_images_dir"]
 
@@ -50,6 +50,12 @@ def read_coco(
     >>> classes, records, cat_ids = read_coco("datasets/fruits_nuts/annotations/instances_train.json")  # doctest: +SKIP
     """
     json_path = Path(json_path)
+    with gc_paused():  # millions of acyclic objects: the collector's passes would double the time
+        return _read(json_path, images, problems)
+
+
+def _read(json_path: Path, images: str | Path | None, problems: list[Problem] | None
+          ) -> tuple[list[str], list[ImageRecord], list[int]]:
     data = _load_json(json_path)
     categories = _categories(data, json_path, problems)
     cat_ids = [c["id"] for c in categories]

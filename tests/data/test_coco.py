@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -121,6 +122,23 @@ def test_malformed_json_names_file_line_and_column(fruits, tmp_path):
     path.write_text("{\n  \"images\": [\n    {\"id\": 1,,}\n" + text[1:])
     with pytest.raises(DatasetError, match=r"broken\.json: malformed JSON at line 3, column 14"):
         read_coco(path)
+
+
+def test_reading_leaves_the_garbage_collector_as_it_found_it(fruits, tmp_path):
+    """The collector is paused while a file is read (COCO-sized files read twice as fast), never longer."""
+    broken = _write(tmp_path, {"images": "not a list", "categories": []})
+    assert gc.isenabled()
+    read_coco(fruits / "annotations" / "instances_val.json")
+    assert gc.isenabled()
+    with pytest.raises(DatasetError, match="missing or invalid 'images' list"):
+        read_coco(broken)
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        read_coco(fruits / "annotations" / "instances_val.json")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize(
