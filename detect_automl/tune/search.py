@@ -67,6 +67,15 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     from .scheduler import make_scheduler  # imports Ray
 
     r = request
+    storage_dir = (r.output / "trials").resolve()
+    experiment = storage_dir / EXPERIMENT
+    fixed = r.base.to_dict()
+    signature = _signature(r.space, r.num_trials, fixed)
+    restoring = r.resume and tune.Tuner.can_restore(str(experiment))
+    if restoring:  # before Ray starts: a refused resume fails at once
+        _check_same_search(storage_dir / SIGNATURE_FILE, signature)
+    elif r.resume:
+        raise SearchError(f"resume=True but there is no search to resume in {experiment}")
     started_ray = False
     if not ray.is_initialized():
         if r.ray_address:
@@ -77,7 +86,6 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     try:
         # The plan's resources, checked against what Ray sees (a trial asking for more waits forever).
         trial_resources(Hardware.of_ray(), plan.gpus_per_trial, plan.cpus_per_trial)
-        storage_dir = (r.output / "trials").resolve()
         workers = plan.workers_per_trial
         resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
         if workers > 1:  # the trial only waits for its Ray Train workers, which hold its CPUs and GPUs
@@ -85,7 +93,6 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
             from .data_parallel import driver_resources  # imports Ray Train
 
             resources = driver_resources()
-        fixed = r.base.to_dict()
         first = r.points[0] if r.points else None  # the preset's default: its slot for the whole search
         trainable = tune.with_resources(
             # The datasets go into the object store once; trials and workers get the reference.
@@ -96,18 +103,13 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
                                  storage=storage_dir / WORKERS_DIR),
             resources,
         )
-        experiment = storage_dir / EXPERIMENT
         # Tune stops launching trials at the deadline (pending ones stay resumable); running
         # trials stop themselves between steps at the same deadline.
         time_budget = None if budget is None else max(1.0, budget.remaining())
-        signature = _signature(r.space, r.num_trials, fixed)
-        if r.resume and tune.Tuner.can_restore(str(experiment)):
-            _check_same_search(storage_dir / SIGNATURE_FILE, signature)
+        if restoring:
             log.info("resuming the search in %s", experiment)
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
             _set_time_budget(tuner, time_budget)
-        elif r.resume:
-            raise SearchError(f"resume=True but there is no search to resume in {experiment}")
         else:
             storage_dir.mkdir(parents=True, exist_ok=True)
             (storage_dir / SIGNATURE_FILE).write_text(json.dumps(signature, indent=1, sort_keys=True))

@@ -229,7 +229,13 @@ def test_ctrl_c_keeps_the_best_and_resume_continues(datasets_dir, tmp_path):
         torch.set_num_threads(threads)
 
 
-def test_resume_without_a_previous_search_says_so(data, tmp_path):
+def test_resume_without_a_previous_search_says_so(data, tmp_path, monkeypatch):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started before the resume was checked")
+
+    monkeypatch.setattr(ray, "init", no_ray)  # the check comes first: nothing to start or stop
     train, val = data
     with pytest.raises(da.SearchError, match="no search to resume"):
         da.fit(train, val, time_limit=60, num_trials=2, hyperparameters=FIXED, output_dir=tmp_path,
