@@ -86,12 +86,16 @@ def run_workers(config: TrainConfig, data: SharedData, *, workers: int, cpus: fl
 
 
 def _worker_error(exc: BaseException) -> BaseException:
-    """The exception of the lowest failing rank, when Ray Train says which (else ``exc``)."""
+    """What explains a data-parallel trial's failure, when Ray Train says which workers failed: a
+    worker Ray lost (its node died, its process was killed) first, since the survivors' errors
+    (gloo's "Connection closed by peer") only follow from it; else the lowest failing rank's own
+    exception (a diverged loss stays ``diverged``). ``exc`` itself otherwise."""
     failures = getattr(exc, "worker_failures", None)
-    if failures:
-        first = failures[min(failures)]
-        return getattr(first, "cause", None) or first
-    return exc
+    if not failures:
+        return exc
+    errors = [getattr(failures[rank], "cause", None) or failures[rank] for rank in sorted(failures)]
+    lost = [e.health_check_failure for e in errors if getattr(e, "health_check_failure", None) is not None]
+    return lost[0] if lost else errors[0]
 
 
 class _Relay(UserCallback):

@@ -153,3 +153,38 @@ def test_one_data_parallel_trial_spans_both_nodes(two_node_cluster, datasets_dir
     detections = loaded.predict(datasets_dir / "raccoon" / "JPEGImages" / "raccoon-10.jpg", score_threshold=0)
     assert len(detections.scores) > 0 and detections.boxes.shape == (len(detections.scores), 4)
     assert not any((tmp_path / "trials" / "workers").rglob("detector.pt"))  # moved to Tune's trial, not kept twice
+
+
+_DATA_PARALLEL_NODE_DEATH = """
+import sys, detect_automl as da
+data, address, out = sys.argv[1:]
+train = da.Dataset(data, split="train").subset(6)
+val = da.Dataset(data, split="val").subset(2)
+try:
+    da.fit(train, val, time_limit=150, workers_per_trial=2, ray_address=address, output_dir=out, progress=False,
+           hyperparameters={"pretrained": None, "batch_size": 2, "epochs": 30, "warmup_steps": 1,
+                            "model": "ssdlite320_mobilenet_v3_large"})
+except da.SearchError as exc:
+    print("SearchError:", exc)
+    sys.exit(3)
+"""
+
+
+def test_a_data_parallel_trial_fails_as_a_whole_when_a_node_dies(two_node_cluster, datasets_dir, tmp_path):
+    """One worker on each node; the second node dies after the first epoch. Which rank Ray Train
+    reports first varies (the lost one, or a survivor's gloo "Connection closed by peer"): the
+    detail names the lost worker either way."""
+    driver = subprocess.Popen([sys.executable, "-c", _DATA_PARALLEL_NODE_DEATH, str(datasets_dir / "raccoon"),
+                               two_node_cluster.address, str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and driver.poll() is None:
+        results = list(tmp_path.glob("trials/search/*/result.json"))
+        if results and all(r.stat().st_size for r in results):  # the trial has reported an epoch
+            two_node_cluster.kill_worker_node()
+            break
+        time.sleep(0.2)
+    output, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 3, output[-5000:]  # the only trial failed: nothing to keep, a SearchError says why
+    message = output[output.index("SearchError:"):]
+    assert message.count("): failed: lost its Ray worker (its node died or its process was killed)") == 1, message
