@@ -100,22 +100,30 @@ assert not ray.is_initialized()  # fit disconnected; the cluster is the fixture'
 """
 
 
-def test_fit_on_a_two_node_cluster_keeps_what_it_has_when_a_node_dies(two_node_cluster, datasets_dir, tmp_path):
-    # The driver runs in its own process: Ray reads its auth mode once per process, so a local
-    # search earlier in this test process would otherwise decide how it talks to the cluster.
-    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(datasets_dir / "raccoon"),
-                               two_node_cluster.address, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # One trial on each node (one CPU each): once both have reported an epoch, the second node dies.
+def _kill_the_second_node_once_reported(script: str, trials: int, cluster, datasets_dir, tmp_path) -> tuple[int, str]:
+    """Run ``script``'s fit against ``cluster``; once its ``trials`` trials have each reported an
+    epoch, kill the second node. The driver's exit code and output.
+
+    The driver runs in its own process: Ray reads its auth mode once per process, so a local
+    search earlier in this test process would otherwise decide how it talks to the cluster.
+    """
+    driver = subprocess.Popen([sys.executable, "-c", script, str(datasets_dir / "raccoon"), cluster.address,
+                               str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and driver.poll() is None:
         results = list(tmp_path.glob("trials/search/*/result.json"))
-        if len(results) == 2 and all(r.stat().st_size for r in results):
-            two_node_cluster.kill_worker_node()
+        if len(results) == trials and all(r.stat().st_size for r in results):
+            cluster.kill_worker_node()
             break
         time.sleep(0.2)
     output, _ = driver.communicate(timeout=300)
-    assert driver.returncode == 0, output[-5000:]
+    return driver.returncode, output
+
+
+def test_fit_on_a_two_node_cluster_keeps_what_it_has_when_a_node_dies(two_node_cluster, datasets_dir, tmp_path):
+    # One trial on each node (one CPU each): once both have reported an epoch, the second node dies.
+    returncode, output = _kill_the_second_node_once_reported(_DRIVER, 2, two_node_cluster, datasets_dir, tmp_path)
+    assert returncode == 0, output[-5000:]
     loaded = da.ObjectDetector.load(tmp_path / "model")
     board = loaded.leaderboard()
     assert len(board) == 2 and board["node"].nunique() == 2, board[["trial_id", "node"]]  # one trial on each node
@@ -174,17 +182,8 @@ def test_a_data_parallel_trial_fails_as_a_whole_when_a_node_dies(two_node_cluste
     """One worker on each node; the second node dies after the first epoch. Which rank Ray Train
     reports first varies (the lost one, or a survivor's gloo "Connection closed by peer"): the
     detail names the lost worker either way."""
-    driver = subprocess.Popen([sys.executable, "-c", _DATA_PARALLEL_NODE_DEATH, str(datasets_dir / "raccoon"),
-                               two_node_cluster.address, str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and driver.poll() is None:
-        results = list(tmp_path.glob("trials/search/*/result.json"))
-        if results and all(r.stat().st_size for r in results):  # the trial has reported an epoch
-            two_node_cluster.kill_worker_node()
-            break
-        time.sleep(0.2)
-    output, _ = driver.communicate(timeout=300)
-    assert driver.returncode == 3, output[-5000:]  # the only trial failed: nothing to keep, a SearchError says why
+    returncode, output = _kill_the_second_node_once_reported(_DATA_PARALLEL_NODE_DEATH, 1, two_node_cluster,
+                                                             datasets_dir, tmp_path)
+    assert returncode == 3, output[-5000:]  # the only trial failed: nothing to keep, a SearchError says why
     message = output[output.index("SearchError:"):]
     assert message.count("): failed: lost its Ray worker (its node died or its process was killed)") == 1, message
