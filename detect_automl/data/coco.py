@@ -21,6 +21,7 @@ _SKIPPED = {"images": ("image skipped", "id", "image"), "annotations": ("annotat
             "categories": ("category skipped", None, "")}  # what a bad entry costs; its record's key
 
 
+@gc_paused()  # millions of acyclic objects: the collector's passes would double the time
 def read_coco(
     json_path: str | Path, images: str | Path | None = None, problems: list[Problem] | None = None
 ) -> tuple[list[str], list[ImageRecord], list[int]]:
@@ -50,12 +51,6 @@ def read_coco(
     >>> classes, records, cat_ids = read_coco("datasets/fruits_nuts/annotations/instances_train.json")  # doctest: +SKIP
     """
     json_path = Path(json_path)
-    with gc_paused():  # millions of acyclic objects: the collector's passes would double the time
-        return _read(json_path, images, problems)
-
-
-def _read(json_path: Path, images: str | Path | None, problems: list[Problem] | None
-          ) -> tuple[list[str], list[ImageRecord], list[int]]:
     data = _load_json(json_path)
     categories = _categories(data, json_path, problems)
     cat_ids = [c["id"] for c in categories]

@@ -120,7 +120,8 @@ def pack_records(records: list[ImageRecord]) -> dict:
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a dataset's records are built.
+    """Pause Python's cyclic garbage collector while a dataset's records are built (a ``with``
+    block, or ``@gc_paused()`` on a function that builds them).
 
     Parsing a COCO-sized file and building its records allocate millions of dicts, lists and
     arrays, none of them in a reference cycle, and every 700 allocations start a collection that
@@ -138,6 +139,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@gc_paused()
 def unpack_records(packed: dict) -> list[ImageRecord]:
     """The records :func:`pack_records` packed, equal to the originals."""
     folders = [Path(f) for f in packed["folders"]]
@@ -146,10 +148,9 @@ def unpack_records(packed: dict) -> list[ImageRecord]:
     columns = [packed["boxes"], packed["labels"].astype(np.int64), packed["difficult"], packed["iscrowd"],
                packed["area"]]
     records = []
-    with gc_paused():
-        for k, (name, (folder, source), (width, height), image_id) in enumerate(
-                zip(packed["names"], packed["places"].tolist(), packed["sizes"].tolist(), packed["image_ids"])):
-            boxes, labels, difficult, iscrowd, area = (c[starts[k]:ends[k]] for c in columns)
-            records.append(ImageRecord(folders[folder] / name, width, height, boxes, labels, difficult, iscrowd,
-                                       image_id, packed["sources"][source], area))
+    for k, (name, (folder, source), (width, height), image_id) in enumerate(
+            zip(packed["names"], packed["places"].tolist(), packed["sizes"].tolist(), packed["image_ids"])):
+        boxes, labels, difficult, iscrowd, area = (c[starts[k]:ends[k]] for c in columns)
+        records.append(ImageRecord(folders[folder] / name, width, height, boxes, labels, difficult, iscrowd,
+                                   image_id, packed["sources"][source], area))
     return records
