@@ -71,11 +71,15 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     experiment = storage_dir / EXPERIMENT
     fixed = r.base.to_dict()
     signature = _signature(r.space, r.num_trials, fixed)
+    # Before Ray starts, so that they fail at once: a resume that cannot go on, a missing Ray Train V2.
     restoring = r.resume and tune.Tuner.can_restore(str(experiment))
-    if restoring:  # before Ray starts: a refused resume fails at once
+    if restoring:
         _check_same_search(storage_dir / SIGNATURE_FILE, signature)
     elif r.resume:
         raise SearchError(f"resume=True but there is no search to resume in {experiment}")
+    workers = plan.workers_per_trial
+    if workers > 1:
+        _require_ray_train_v2(workers)
     started_ray = False
     if not ray.is_initialized():
         if r.ray_address:
@@ -86,10 +90,8 @@ def run_search(train_data: Dataset, val_data: Dataset, request: SearchRequest, p
     try:
         # The plan's resources, checked against what Ray sees (a trial asking for more waits forever).
         trial_resources(Hardware.of_ray(), plan.gpus_per_trial, plan.cpus_per_trial)
-        workers = plan.workers_per_trial
         resources = {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
         if workers > 1:  # the trial only waits for its Ray Train workers, which hold its CPUs and GPUs
-            _require_ray_train_v2(workers)
             from .data_parallel import driver_resources  # imports Ray Train
 
             resources = driver_resources()
