@@ -326,3 +326,22 @@ def _roundtrip(obj):
     torch.save(obj, buffer)
     buffer.seek(0)
     return buffer
+
+
+def test_a_cpu_run_trains_channels_last_and_its_weights_load_into_a_plain_model():
+    """On a CPU the model and its average train channels-last (oneDNN's faster layout); the
+    weights they hand on load into a freshly built, contiguous detector that predicts the same."""
+    from detect_automl.engine import TrainState
+
+    torch.manual_seed(0)
+    state = TrainState(build("ssdlite320_mobilenet_v3_large", 1), TrainConfig(pretrained=None), CPU)
+    for model in (state.model, state.kept):
+        dense = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.shape[1] > 1
+                 and m.weight.shape[-1] > 1]
+        assert dense and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+                             for w in dense)
+    plain = build("ssdlite320_mobilenet_v3_large", 1)
+    plain.load_state_dict(torch.load(_roundtrip(state.kept.state_dict()), weights_only=True))
+    image = torch.rand(3, 200, 240)
+    ours, theirs = state.kept.predict([image])[0], plain.predict([image])[0]
+    assert torch.allclose(ours["scores"][:20], theirs["scores"][:20], atol=1e-4)
