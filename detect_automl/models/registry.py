@@ -68,7 +68,8 @@ def build(
             (backbone only), "auto" ("coco" where the weights can be had, else a warning that
             says why and training from scratch), a path to a state_dict file for this
             architecture, or None (from scratch).
-        image_size: shorter side to resize to (Faster R-CNN / RetinaNet); SSD sizes are fixed.
+        image_size: shorter side to resize to (Faster R-CNN / RetinaNet); SSDlite's square side
+            (a multiple of 32, at least 128); ignored by VGG SSD300, whose size is fixed.
         load_pretrained: False builds exactly the architecture ``pretrained`` gives (module
             types, norm-layer eps, frozen parameters, state_dict keys) without reading,
             downloading or even looking for any weights file, for a caller that loads its own
@@ -88,6 +89,7 @@ def build(
     if image_size is not None and not spec.fixed_size:
         kwargs.setdefault("min_size", int(image_size))
         kwargs.setdefault("max_size", int(round(image_size * 1333 / 800)))
+    side = _square_side(spec, image_size)
     num_outputs = num_classes + spec.label_offset
     try:
         model = _build_torchvision(spec, num_outputs, pretrained, load_pretrained, kwargs)
@@ -95,7 +97,19 @@ def build(
         raise
     except TypeError as exc:
         raise ModelError(f"cannot build {name} with options {sorted(kwargs)}: {exc}") from exc
+    if side is not None:
+        model.transform.fixed_size, model.transform.min_size, model.transform.max_size = (side, side), (side,), side
     return Detector(model, spec, num_classes)
+
+
+def _square_side(spec: ModelSpec, image_size: int | None) -> int | None:
+    """The square side a fixed-size model that allows others is built for (None: its default)."""
+    if image_size is None or not spec.square_sides:
+        return None
+    side = int(image_size)
+    if side < 128 or side % 32:
+        raise ModelError(f"{spec.name}: image_size must be a multiple of 32 from 128 on, got {image_size!r}")
+    return side
 
 
 def resolve_pretrained(pretrained: str | None, models: list[str]) -> str | None:
@@ -190,6 +204,6 @@ for _spec in (
               VGG16_Weights.IMAGENET1K_FEATURES, True, 300, fixed_size=True),
     ModelSpec("ssdlite320_mobilenet_v3_large", tvd.ssdlite320_mobilenet_v3_large, "ssdlite",
               "MobileNetV3-Large", tvd.SSDLite320_MobileNet_V3_Large_Weights.COCO_V1, _MOBILENET, True, 320,
-              fixed_size=True),
+              fixed_size=True, square_sides=True),
 ):
     register_model(_spec)

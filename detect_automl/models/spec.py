@@ -24,7 +24,11 @@ class ModelSpec:
         backbone_weights: the ImageNet backbone weights enum.
         background: whether class index 0 is reserved for background in torchvision's head.
         default_size: shorter side the model resizes to by default (pixels).
-        fixed_size: True when the input size is baked into the architecture (SSD).
+        fixed_size: True when the model takes square inputs of one size (SSD).
+        square_sides: for a fixed-size model, whether another square side may replace
+            ``default_size`` (SSDlite: its default boxes are relative to the image and its extra
+            layers are padded, so any side from 128 px on works); VGG SSD300's unpadded extra
+            layers need 300.
     """
 
     name: str
@@ -36,6 +40,7 @@ class ModelSpec:
     background: bool
     default_size: int
     fixed_size: bool = False
+    square_sides: bool = False
 
     @property
     def label_offset(self) -> int:

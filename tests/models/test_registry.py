@@ -78,11 +78,30 @@ def test_offset_applied_and_removed_in_one_place(name, offset):
     assert detector.training  # predict() restores the mode
 
 
-def test_image_size_reaches_the_transform_and_ssd_ignores_it():
+def test_image_size_reaches_the_transform_and_vgg_ssd_ignores_it():
     rcnn = build("fasterrcnn_mobilenet_v3_large_320_fpn", 2, image_size=256)
     assert rcnn.net.transform.min_size == (256,)
-    ssd = build(FAST, 2, image_size=256)  # SSD sizes are baked in; passing one must not break
-    assert ssd.net.transform.min_size == (320,)
+    vgg = build("ssd300_vgg16", 2, image_size=256)  # its extra layers need 300: passing one must not break
+    assert vgg.net.transform.fixed_size == (300, 300)
+
+
+def test_ssdlite_trains_and_predicts_at_another_square_side():
+    """SSDlite's default boxes are relative to the image: at 256 px its inputs are 256 square, its
+    losses are finite and its boxes come back in the pixels of the image it was given."""
+    torch.manual_seed(0)
+    detector = build(FAST, 2, image_size=256)
+    assert detector.net.transform.fixed_size == (256, 256) and detector.input_side == 256
+    image = torch.rand(3, 300, 500)
+    batch, _ = detector.net.transform([image])
+    assert tuple(batch.tensors.shape[-2:]) == (256, 256)
+    detector.train()
+    target = {"boxes": torch.tensor([[50.0, 40.0, 300.0, 280.0]]), "labels": torch.tensor([1])}
+    losses = detector([image, image.flip(-1)], [target, target])  # BatchNorm trains on more than one
+    assert all(torch.isfinite(v) for v in losses.values())
+    out = detector.predict([image])[0]
+    assert len(out["boxes"]) and float(out["boxes"][:, 2].max()) <= 500.5 and float(out["boxes"][:, 3].max()) <= 300.5
+    with pytest.raises(ModelError, match="multiple of 32"):
+        build(FAST, 2, image_size=250)
 
 
 def test_state_dict_keys_are_the_nets_and_checkpoints_of_the_old_name_still_load():
