@@ -20,11 +20,14 @@ import torchvision
 from ._version import __version__
 from .errors import ModelError
 from .leaderboard import COLUMNS
-from .models import Detector, build
+from .models import Detector, build, get_spec
 
 __all__ = ["FORMAT_VERSION", "SavedModel", "save_dir", "load_dir", "write_serialized"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``image_size`` is SSDlite's square side too. Format 1 files built every fixed-size model at its
+own size whatever they recorded, and still load so (an older detect_automl refuses format 2, as it
+would build a 256 px SSDlite at 320)."""
 _FILES = ("model.pt", "config.json", "leaderboard.csv", "history.json")
 
 
@@ -114,8 +117,11 @@ def load_dir(path: Path) -> SavedModel:
     # The architecture the model was trained in (FrozenBatchNorm2d, eps, frozen stages for COCO or
     # ImageNet weights), never the pretrained weights themselves: model.pt holds every tensor.
     pretrained = config["hyperparameters"].get("pretrained")
+    image_size = config.get("image_size")
+    if config["format_version"] < 2 and get_spec(config["model"]).fixed_size:
+        image_size = None
     detector = build(config["model"], len(config["class_names"]), pretrained=pretrained,
-                     image_size=config.get("image_size"), load_pretrained=False)
+                     image_size=image_size, load_pretrained=False)
     try:
         detector.net.load_state_dict(state)
     except RuntimeError as exc:

@@ -35,7 +35,7 @@ def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
     assert report["train"]["skipped"] == report["val"]["skipped"] == [] and report["val"]["num_images"] == 3
     config = json.loads((detector.path / "config.json").read_text())
     assert config["model"] == "ssdlite320_mobilenet_v3_large" and config["class_names"] == ["raccoon"]
-    assert config["format_version"] == 1 and config["torch_version"] == torch.__version__
+    assert config["format_version"] == 2 and config["torch_version"] == torch.__version__
     # Validation metrics are saved without timing and curves; the in-memory ones keep the curves.
     assert "per_class" in config["metrics"] and not {"pr_curves", "seconds"} & set(config["metrics"])
     assert set(detector.metrics["pr_curves"]["precision_50"]) == {"raccoon"}
@@ -53,6 +53,8 @@ def test_fit_saves_the_model_with_leaderboard_and_history(fitted):
 def test_load_predicts_exactly_what_the_fitted_detector_predicts(fitted):
     detector, val, _ = fitted
     loaded = da.ObjectDetector.load(detector.path)
+    # it trained channels-last on this CPU, and comes back in the layout a loaded model has
+    assert all(p.is_contiguous() for p in detector.model.parameters())
     paths = [str(r.path) for r in val]
     for a, b in zip(detector.predict(paths, score_threshold=0.0), loaded.predict(paths, score_threshold=0.0)):
         assert len(a) > 0
@@ -60,6 +62,17 @@ def test_load_predicts_exactly_what_the_fitted_detector_predicts(fitted):
         np.testing.assert_array_equal(a.scores, b.scores)
         np.testing.assert_array_equal(a.boxes, b.boxes)
     assert loaded.leaderboard().to_csv() == detector.leaderboard().to_csv()
+
+
+def test_a_saved_ssdlite_loads_at_the_side_it_records_and_a_format_1_one_at_its_own(fitted, tmp_path):
+    """Format 2 records SSDlite's square side; format 1 ignored image_size for SSD models (a
+    best_quality config could record 800 for one trained at 320), so such a file loads at 320."""
+    detector, _, _ = fitted
+    config = json.loads((detector.path / "config.json").read_text())
+    for name, version, side, expected in (("v2", 2, 256, 256), ("v1", 1, 800, 320)):
+        copy = shutil.copytree(detector.path, tmp_path / name)
+        (copy / "config.json").write_text(json.dumps({**config, "format_version": version, "image_size": side}))
+        assert da.ObjectDetector.load(copy).model.input_side == expected
 
 
 def test_predict_accepts_path_array_pil_and_lists(fitted):

@@ -128,4 +128,7 @@ def run_trial(
                         state.epoch + 1, batch_size // 2)
             batch_size //= 2
     detector.load_state_dict(result.best_state)
+    # Hand on the layout every freshly built detector has (a CPU run trains channels-last), so the
+    # detector predicts exactly what it will once saved and loaded.
+    detector.to(memory_format=torch.contiguous_format)
     return TrialOutcome(detector, result, time.monotonic() - start)
