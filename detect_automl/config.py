@@ -32,7 +32,8 @@ class TrainConfig:
         grad_clip: max gradient norm (0 disables clipping).
         ema_decay: decay of the exponential moving average of the weights that is validated
             and kept (0 disables it and keeps the raw weights).
-        image_size: shorter side the model resizes to (ignored by fixed-size SSD models).
+        image_size: shorter side the model resizes to; SSDlite's square side (VGG SSD300 ignores
+            it); None: the model's own.
         augment: augmentation strength in [0, 1] (0 disables augmentation).
         amp: mixed precision on CUDA (ignored on CPU).
         num_workers: DataLoader worker processes; None derives them from the CPUs the run has
