@@ -7,6 +7,7 @@ library itself never does.
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import platform
 import statistics
@@ -93,3 +94,15 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)
+
+
+def append_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
+    """Append ``rows`` to the CSV at ``path``, writing the header first when the file is new or empty."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(fields))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

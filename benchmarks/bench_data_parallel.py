@@ -14,7 +14,6 @@ Rows are appended to ``benchmarks/results/data_parallel.csv``.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import time
@@ -22,7 +21,7 @@ from datetime import date
 from pathlib import Path
 
 import detect_automl as da
-from _common import BENCH_OUTPUT, REPO_ROOT, SHARED_DATA, table
+from _common import BENCH_OUTPUT, REPO_ROOT, SHARED_DATA, append_csv, table
 
 CSV = REPO_ROOT / "benchmarks" / "results" / "data_parallel.csv"
 
@@ -60,13 +59,7 @@ def main() -> None:
                      "images_per_s": round(rate, 2), "fit_s": round(seconds, 1),
                      "val_map": round(float(detector.metrics["map"]), 4)})
         print(rows[-1], flush=True)
-    CSV.parent.mkdir(parents=True, exist_ok=True)
-    new = not CSV.exists()
-    with CSV.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(CSV, list(rows[0]), rows)
     print(table(["workers", "images/s", "fit s", "val mAP"],
                 [[r["workers"], r["images_per_s"], r["fit_s"], r["val_map"]] for r in rows]))
 

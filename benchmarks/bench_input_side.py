@@ -15,7 +15,6 @@ side and layout, after warm-up steps, in this process (``--threads``, default 2)
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-from _common import BENCH_OUTPUT, SHARED_DATA
+from _common import BENCH_OUTPUT, SHARED_DATA, append_csv
 
 SIDES = (320, 256)
 CSV_FIELDS = ["date", "dataset", "image_size", "time_limit", "seed", "fit_wall_s", "epochs", "final_val_map",
@@ -80,12 +79,7 @@ def pairs(args: argparse.Namespace) -> None:
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
                  for core, side in enumerate(SIDES)]
         rows = [json.loads(proc.communicate()[0].strip().splitlines()[-1]) for proc in procs]
-        new = not path.exists()
-        with path.open("a", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_csv(path, CSV_FIELDS, rows)
         for row in rows:
             print(json.dumps(row))
 

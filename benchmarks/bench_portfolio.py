@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from _common import SHARED_DATA
+from _common import SHARED_DATA, append_csv
 
 import detect_automl as da
 
@@ -81,16 +81,6 @@ def _rows(path: Path) -> list[dict]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -201,7 +191,7 @@ def main() -> None:
         if (candidate, dataset, str(args.seed), str(args.time_limit)) in done:
             continue
         row = _run(candidate, dataset, args)
-        _append(args.csv, row)
+        append_csv(args.csv, FIELDS, [row])
         print(json.dumps({k: row[k] for k in ("candidate", "dataset", "epochs", "final_val_map", "best_val_map",
                                               "fit_seconds")}), flush=True)
 

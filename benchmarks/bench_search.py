@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_OUTPUT, SHARED_DATA
+from _common import BENCH_OUTPUT, SHARED_DATA, append_csv
 
 import detect_automl as da
 
@@ -127,13 +127,7 @@ def matrix(args: argparse.Namespace) -> None:
                "test_map": figures["test_map"], "test_map_50": figures["test_map_50"],
                "statuses": ";".join(str(s) for s in board["status"]), "load_avg": round(os.getloadavg()[0], 2),
                "fixed": json.dumps(fixed)}
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        new_file = not csv_path.exists() or csv_path.stat().st_size == 0
-        with csv_path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv(csv_path, CSV_FIELDS, [row])
         shutil.rmtree(output, ignore_errors=True)
         print(json.dumps(row), flush=True)
 
