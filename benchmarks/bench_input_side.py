@@ -106,8 +106,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         for side in SIDES:
             for channels_last in (False, True):
+                seconds = step_seconds(side, channels_last)
                 print(json.dumps({"image_size": side, "layout": "channels_last" if channels_last else "contiguous",
-                                  "threads": args.threads, "step_seconds": round(step_seconds(side, channels_last), 3)}))
+                                  "threads": args.threads, "step_seconds": round(seconds, 3)}))
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ def memory_format(device: torch.device, parallel: bool = False) -> torch.memory_
     """How a run lays out its convolution weights (and so its activations): channels-last on a
     CPU, where oneDNN's convolutions, depthwise ones above all, run faster in it (SSDlite320, a
     batch of 4, 2 cores: 0.56-0.64 s a training step contiguous, 0.46-0.47 s channels-last;
-    ``benchmarks/RESULTS.md``, "Input side and layout on a CPU"). Contiguous on a GPU (not measured there yet) and for
-    data-parallel replicas, whose gradient buckets follow the contiguous layout.
+    ``benchmarks/RESULTS.md``, "Input side and layout on a CPU"). Contiguous on a GPU (not
+    measured there yet) and for data-parallel replicas, whose gradient buckets follow the
+    contiguous layout.
     """
     if device.type == "cpu" and not parallel:
         return torch.channels_last
