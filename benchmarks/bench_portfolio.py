@@ -18,7 +18,6 @@ rank correlation between rung-k val mAP (time fraction k of the run) and final v
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from _common import SHARED_DATA, append_csv
+from _common import SHARED_DATA, append_csv, read_csv
 
 import detect_automl as da
 
@@ -45,6 +44,8 @@ CANDIDATES = {
     "batch2_aug0.25": {"batch_size": 2, "augment": 0.25},
     "batch8_lr3e-3": {"batch_size": 8, "lr": 3e-3, "weight_decay": 5e-4},
     "lr2e-3_aug0.75": {"lr": 2e-3, "augment": 0.75},
+    "aug0.75": {"augment": 0.75},
+    "aug1.0": {"augment": 1.0},
 }
 FIELDS = ["date", "candidate", "params", "dataset", "seed", "time_limit", "threads", "fit_seconds", "epochs",
           "final_val_map", "final_val_map_50", "best_val_map", "best_epoch", "curve", "load_avg"]
@@ -74,13 +75,6 @@ def _run(candidate: str, dataset: str, args) -> dict:
             "final_val_map": round(history[-1]["val_map"], 4), "final_val_map_50": round(history[-1]["val_map_50"], 4),
             "best_val_map": round(best["val_map"], 4), "best_epoch": best["epoch"], "curve": json.dumps(curve),
             "load_avg": round(os.getloadavg()[0], 2)}
-
-
-def _rows(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _spearman(a: list[float], b: list[float]) -> float:
@@ -120,7 +114,7 @@ def _patience(curve: list, patience: int) -> tuple[float, float]:
 
 
 def choose(path: Path) -> None:
-    rows = _rows(path)
+    rows = read_csv(path)
     by = {}
     for row in rows:
         by.setdefault(row["dataset"], {}).setdefault(row["candidate"], []).append(row)
@@ -187,7 +181,7 @@ def main() -> None:
     for i, (candidate, dataset) in enumerate(plan):
         if i % count != index:
             continue
-        done = {(r["candidate"], r["dataset"], r["seed"], r["time_limit"]) for r in _rows(args.csv)}
+        done = {(r["candidate"], r["dataset"], r["seed"], r["time_limit"]) for r in read_csv(args.csv)}
         if (candidate, dataset, str(args.seed), str(args.time_limit)) in done:
             continue
         row = _run(candidate, dataset, args)
