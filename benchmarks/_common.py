@@ -96,6 +96,15 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of the CSV at ``path`` as dicts (none when the file does not exist yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
 def append_csv(path: Path, fields: Sequence[str], rows: Sequence[dict]) -> None:
     """Append ``rows`` to the CSV at ``path``, writing the header first when the file is new or empty."""
     path = Path(path)

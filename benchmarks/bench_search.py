@@ -17,7 +17,6 @@ per finished run; runs already in the CSV are skipped, so a grid resumes across 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -27,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BENCH_OUTPUT, SHARED_DATA, append_csv
+from _common import BENCH_OUTPUT, SHARED_DATA, append_csv, read_csv
 
 import detect_automl as da
 
@@ -85,14 +84,6 @@ def run_key(dataset: str, time_limit: Any, num_trials: Any, seed: Any) -> tuple[
     return dataset, float(time_limit), int(num_trials), int(seed)
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The CSV's rows (none if the file does not exist yet)."""
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def int_list(text: str) -> list[int]:
     """'1,2,4' -> [1, 2, 4]."""
     return [int(x) for x in text.split(",") if x.strip()]
@@ -109,7 +100,7 @@ def matrix(args: argparse.Namespace) -> None:
     grid = [(name, args.time_limit or GRID_TIME_LIMITS[name], n, seed)  # dataset-major, then seed, then trials
             for name in names for seed in int_list(args.seeds) for n in int_list(args.trials)]
     csv_path = Path(args.csv)
-    done = {run_key(r["dataset"], r["time_limit"], r["num_trials"], r["seed"]) for r in read_rows(csv_path)}
+    done = {run_key(r["dataset"], r["time_limit"], r["num_trials"], r["seed"]) for r in read_csv(csv_path)}
     todo = [run for run in grid if run_key(*run) not in done]
     print(f"{len(grid) - len(todo)} of {len(grid)} runs already in {csv_path}; {len(todo)} to go", flush=True)
     fixed: dict[str, Any] = {"pretrained": None}
@@ -135,7 +126,7 @@ def matrix(args: argparse.Namespace) -> None:
 def summary(args: argparse.Namespace) -> None:
     """Per dataset and num_trials: mean test mAP over seeds and its spread; is searching worse than noise?"""
     groups: dict[tuple[str, float], dict[int, list[float]]] = {}
-    for r in read_rows(Path(args.csv)):
+    for r in read_csv(Path(args.csv)):
         by_trials = groups.setdefault((r["dataset"], float(r["time_limit"])), {})
         by_trials.setdefault(int(r["num_trials"]), []).append(float(r["test_map"]))
     if not groups:
