@@ -37,7 +37,7 @@ DATASETS = {  # name -> (root, format); train on "train", rank epochs and score 
     "fruits_nuts": ("fruits_nuts", "coco"),
 }
 # CPU, from scratch, SSDlite (the CPU presets' model): what differs is the recipe. "default" is the
-# preset's own configuration; the others vary learning rate, batch and augmentation strength.
+# preset's own configuration; the others vary learning rate, batch, augmentation strength and input side.
 CANDIDATES = {
     "default": {},
     "lr2e-3_aug0.25": {"lr": 2e-3, "augment": 0.25},
@@ -46,6 +46,7 @@ CANDIDATES = {
     "lr2e-3_aug0.75": {"lr": 2e-3, "augment": 0.75},
     "aug0.75": {"augment": 0.75},
     "aug1.0": {"augment": 1.0},
+    "side256": {"image_size": 256},
 }
 FIELDS = ["date", "candidate", "params", "dataset", "seed", "time_limit", "threads", "fit_seconds", "epochs",
           "final_val_map", "final_val_map_50", "best_val_map", "best_epoch", "curve", "load_avg"]
@@ -114,7 +115,16 @@ def _patience(curve: list, patience: int) -> tuple[float, float]:
 
 
 def choose(path: Path) -> None:
-    rows = read_csv(path)
+    """Summarise the CSV, one budget at a time: runs at different time limits never share a mean."""
+    budgets: dict[float, list[dict]] = {}
+    for row in read_csv(path):
+        budgets.setdefault(float(row["time_limit"]), []).append(row)
+    for time_limit, rows in sorted(budgets.items()):
+        print(f"== time limit {time_limit:g} s: {len(rows)} runs")
+        _summarise(rows)
+
+
+def _summarise(rows: list[dict]) -> None:
     by = {}
     for row in rows:
         by.setdefault(row["dataset"], {}).setdefault(row["candidate"], []).append(row)
