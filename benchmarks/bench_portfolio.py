@@ -37,7 +37,8 @@ DATASETS = {  # name -> (root, format); train on "train", rank epochs and score 
     "fruits_nuts": ("fruits_nuts", "coco"),
 }
 # CPU, from scratch, SSDlite (the CPU presets' model): what differs is the recipe. "default" is the
-# preset's own configuration; the others vary learning rate, batch, augmentation strength and input side.
+# preset's own configuration; the others vary learning rate, weight decay, batch, augmentation
+# strength and input side.
 CANDIDATES = {
     "default": {},
     "lr2e-3_aug0.25": {"lr": 2e-3, "augment": 0.25},
@@ -47,6 +48,8 @@ CANDIDATES = {
     "aug0.75": {"augment": 0.75},
     "aug1.0": {"augment": 1.0},
     "side256": {"image_size": 256},
+    "lr5e-4": {"lr": 5e-4},
+    "wd0.05": {"weight_decay": 0.05},
 }
 FIELDS = ["date", "candidate", "params", "dataset", "seed", "time_limit", "threads", "fit_seconds", "epochs",
           "final_val_map", "final_val_map_50", "best_val_map", "best_epoch", "curve", "load_avg"]
