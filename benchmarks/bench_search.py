@@ -37,12 +37,14 @@ CSV_FIELDS = ["date", "dataset", "time_limit", "num_trials", "seed", "fit_wall_s
 
 
 def fit_and_measure(data: Path | str, *, time_limit: float, num_trials: int, seed: int, fixed: dict[str, Any],
-                    output: Path | str, preset: str, gpus_per_trial: float | None) -> tuple[Any, dict[str, Any]]:
+                    output: Path | str, preset: str, gpus_per_trial: float | None,
+                    cpus_per_trial: float | None = None) -> tuple[Any, dict[str, Any]]:
     """Fit on ``data``'s train/val splits, evaluate on its test split; return (leaderboard, figures)."""
     train, val, test = (da.Dataset(str(data), split=split) for split in ("train", "val", "test"))
     start = time.time()
     detector = da.fit(train, val, time_limit=time_limit, num_trials=num_trials, presets=preset, seed=seed,
-                      gpus_per_trial=gpus_per_trial, hyperparameters=fixed, output_dir=str(output))
+                      gpus_per_trial=gpus_per_trial, cpus_per_trial=cpus_per_trial, hyperparameters=fixed,
+                      output_dir=str(output))
     wall = time.time() - start
     board = detector.leaderboard()
     metrics = detector.evaluate(test)
@@ -69,7 +71,7 @@ def single_run(args: argparse.Namespace) -> None:
     time_limit = 600.0 if args.time_limit is None else args.time_limit
     board, figures = fit_and_measure(args.data, time_limit=time_limit, num_trials=args.num_trials, seed=args.seed,
                                      fixed=fixed, output=args.output, preset=args.preset,
-                                     gpus_per_trial=args.gpus_per_trial)
+                                     gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
     shown = ["trial_id", "model", "val_map", "val_map_50", "epochs", "seconds", "status", "device", "lr",
              "batch_size", "weight_decay", "augment"]
     print(board[[c for c in shown if c in board]].to_string(index=False))
@@ -109,7 +111,7 @@ def matrix(args: argparse.Namespace) -> None:
         shutil.rmtree(output, ignore_errors=True)  # a crashed earlier attempt starts afresh
         board, figures = fit_and_measure(DATA_ROOT / name, time_limit=time_limit, num_trials=num_trials, seed=seed,
                                          fixed=fixed, output=output, preset=args.preset,
-                                         gpus_per_trial=args.gpus_per_trial)
+                                         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial)
         best_val = figures["best_val_map"]
         row = {"date": datetime.now().isoformat(timespec="seconds"), "dataset": name, "time_limit": time_limit,
                "num_trials": num_trials, "seed": seed, "fit_wall_s": figures["fit_wall_s"],
@@ -117,7 +119,8 @@ def matrix(args: argparse.Namespace) -> None:
                "best_val_map": None if best_val is None else round(float(best_val), 4),
                "test_map": figures["test_map"], "test_map_50": figures["test_map_50"],
                "statuses": ";".join(str(s) for s in board["status"]), "load_avg": round(os.getloadavg()[0], 2),
-               "fixed": json.dumps(fixed)}
+               "fixed": json.dumps({**fixed, **({} if args.cpus_per_trial is None else
+                                                {"cpus_per_trial": args.cpus_per_trial})})}
         append_csv(csv_path, CSV_FIELDS, [row])
         shutil.rmtree(output, ignore_errors=True)
         print(json.dumps(row), flush=True)
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--num-trials", type=int, default=6)
     parser.add_argument("--preset", default="medium_quality")
     parser.add_argument("--gpus-per-trial", type=float, default=None)
+    parser.add_argument("--cpus-per-trial", type=float, default=None, help="fit's cpus_per_trial (default: the plan's)")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers per trial (single run)")
     parser.add_argument("--seed", type=int, default=0, help="fit's seed (initial weights, data order, samples)")
     parser.add_argument("--output", default=str(BENCH_OUTPUT / "bench_search"),

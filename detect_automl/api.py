@@ -81,6 +81,8 @@ def fit(
         gpus_per_trial: GPUs per trial (fractions such as 0.25 share a GPU); default 1 with
             GPUs, else 0.
         cpus_per_trial: CPUs per trial; default 1 on CPU-only machines, else CPUs / GPU slots.
+            Left to the plan on a CPU-only machine, the default trains alone when sharing the
+            cores would slow it (docs/search.md, "The plan"); given, the trials share them.
         ray_address: address of an existing Ray cluster (its nodes must see the images and
             ``output_dir``); default a local Ray started and stopped here.
         searcher: "random" (default) or "optuna" (needs optuna).
@@ -217,7 +219,8 @@ def _run_logger(loggers: tuple[str, ...], output: Path, config: TrainConfig) -> 
 
 def _train_one(train: Dataset, val: Dataset, config: TrainConfig, device: torch.device, budget: Budget | None,
                progress: bool, logger: RunLogger | None = None, not_run: list[dict] = ()) -> ObjectDetector:
-    """Step 3, one configuration: train it in this process, on every CPU or the GPU."""
+    """Step 3, one configuration: train it in this process, on every CPU or the GPU (``not_run``:
+    the leaderboard rows of the trials a search plan left out)."""
     def report(record: dict, state) -> None:
         if progress:
             tqdm.write(_epoch_line(record))
@@ -230,7 +233,7 @@ def _train_one(train: Dataset, val: Dataset, config: TrainConfig, device: torch.
     rows = [leaderboard_row("0", config.to_dict(), history, outcome.seconds, *end_status(
         outcome.result.stopped, history[-1]["batch_size"] if history else None, config.batch_size))]
     return ObjectDetector(outcome.detector, train.classes, config,
-                          leaderboard=sort_leaderboard(rows + _not_run_rows(config, not_run)),
+                          leaderboard=sort_leaderboard(rows + list(not_run)),
                           history={"0": [history_record(r) for r in outcome.result.history]},
                           metrics=outcome.result.best_metrics)
 
@@ -276,13 +279,13 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     if request.progress:
         tqdm.write(plan.describe(needed, in_process))
     if plan.not_run:
-        warnings.warn(f"time_limit={time_limit:.0f} s carries {plan.num_run} of the {plan.asked} trials asked; "
-                      f"time_limit >= {needed:.0f} s would run all of them", stacklevel=3)
+        warnings.warn(f"{plan.num_run} of the {plan.asked} trials asked run in time_limit={time_limit:.0f} s: "
+                      f"{plan.not_run} not run ({plan.not_run_reason}): {plan.why_not_run(needed)}", stacklevel=3)
     if in_process:
         config = request.base.replace(**request.points[0])
         device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
         return _train_one(train, val, config, device, _minus(total, wrap_up_seconds(time_limit, False)), request.progress,
-                          _run_logger(request.loggers, request.output, config), not_run=_left_out(request, plan))
+                          _run_logger(request.loggers, request.output, config), not_run=_not_run_rows(request, plan))
     outcome = run_search(train, val, request, plan, budget)
     if outcome.best_state is None:
         reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}: {row.detail}"
@@ -302,20 +305,15 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
         board, metrics = continue_best(detector, config, train, val, board, outcome.history, metrics,
                                        total.minus(wrap_up_seconds(time_limit, False)), time_limit, request.progress,
                                        outcome.gpus_per_trial)
-    board = sort_leaderboard(board.to_dict("records") + _not_run_rows(request.base, _left_out(request, plan)))
+    board = sort_leaderboard(board.to_dict("records") + _not_run_rows(request, plan))
     return ObjectDetector(detector, train.classes, config, leaderboard=board, history=outcome.history,
                           metrics=metrics)
 
 
-def _not_run_rows(base: TrainConfig, points: list[dict]) -> list[dict]:
-    """Leaderboard rows for the trials the plan left out (``not run``, detail ``budget``)."""
-    return [leaderboard_row(f"not-run-{i}", {**base.to_dict(), **point}, [], 0.0, TrialStatus.NOT_RUN, "budget")
-            for i, point in enumerate(points, start=1)]
-
-
-def _left_out(request: SearchRequest, plan: SearchPlan) -> list[dict]:
-    """The points of the trials the plan does not run: portfolio entries, then samples (their
-    searched values unknown: None)."""
+def _not_run_rows(request: SearchRequest, plan: SearchPlan) -> list[dict]:
+    """Leaderboard rows for the trials the plan left out (``not run``, detail the plan's reason):
+    portfolio entries, then samples (their searched values unknown: None)."""
     unknown = {key: None for key in request.space}
     planned = list(request.points[plan.num_run:]) + [unknown] * request.num_trials
-    return planned[:plan.not_run]
+    return [leaderboard_row(f"not-run-{i}", {**request.base.to_dict(), **point}, [], 0.0, TrialStatus.NOT_RUN,
+                            plan.not_run_reason) for i, point in enumerate(planned[:plan.not_run], start=1)]

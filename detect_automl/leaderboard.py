@@ -25,7 +25,8 @@ class TrialStatus(str, Enum):
     INTERRUPTED = "interrupted"
     """Stopped by the user (Ctrl-C); a resumed search continues it."""
     NOT_RUN = "not run"
-    """Never trained: the plan left it out (detail "budget") or the search ended before it started."""
+    """Never trained: the plan left it out (detail "budget" or "shared CPUs") or the search ended
+    before it started."""
     FAILED = "failed"
     DIVERGED = "diverged"
     """Its loss became NaN or infinite."""

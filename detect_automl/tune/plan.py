@@ -5,7 +5,8 @@ at once and with what resources, and how long each one trains. The preset's defa
 slot for the whole search; the portfolio's configurations, then sampled ones, share the other
 slots. A trial that could not train for at least :data:`FIDELITY_FLOOR_STEPS` optimizer steps
 is not run: its rank would be noise (benchmarks/RESULTS.md, "Rung rank correlation and the
-fidelity floor").
+fidelity floor"). On CPUs no trial runs beside the default when that would cost the default
+more than a tenth of its speed alone (:data:`DEFAULT_SPEED_KEPT`; "fit on a faster CPU").
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..data.dataset import Dataset
 from ..errors import InputError, SearchError
 
 __all__ = ["FIDELITY_FLOOR_STEPS", "Hardware", "Probe", "SearchPlan", "SearchRequest", "make_plan",
-           "max_concurrent_trials", "plan_search", "probe", "trial_resources", "trial_workers"]
+           "max_concurrent_trials", "plan_search", "probe", "trial_resources", "trial_workers", "DEFAULT_SPEED_KEPT"]
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,11 @@ FIDELITY_FLOOR_STEPS = 1500
 "Rung rank correlation and the fidelity floor": rank correlation of rung-k val mAP with the
 final one, per k)."""
 
-THREAD_SPEEDUP = 1.4
-"""How much faster a CPU step runs on twice the threads (the design notes' table: 1.35-1.9 for the
-CPU models at batch 2, 2 cores); a trial given fewer CPUs than the probe had is assumed this much
-slower per halving."""
+DEFAULT_SPEED_KEPT = 0.9
+"""On CPUs the trials share the cores the default would have alone: other trials run beside it
+only when its slot keeps at least this share of its speed alone (measured by the probe). On 2
+cores one thread of two ran SSDlite 0.48-0.74 times as fast (benchmarks/RESULTS.md, "Machines"),
+so there the default trains alone, as a single run would (seed-era AutoGluon ran one trial on CPU)."""
 
 
 @dataclass(frozen=True)
@@ -160,9 +162,11 @@ class Probe:
     seconds: float = 0.0
 
 
-def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int = 3) -> Probe:
+def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int = 3,
+          threads: int | None = None) -> Probe:
     """Time ``steps`` training steps of ``config`` on ``train``'s first images (after one warm-up
-    step), with the real decoding and augmentation; a few seconds on a CPU for SSDlite."""
+    step), with the real decoding and augmentation; a few seconds on a CPU for SSDlite. On
+    ``threads`` torch threads when given (a CPU trial's slot), else on this process's."""
     from ..data.loader import make_loader
     from ..engine.state import TrainState
     from ..engine.train import train_one_epoch
@@ -182,14 +186,19 @@ def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int 
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    run(images.subset(min(len(images), config.batch_size)))  # warm-up: allocations, kernels
-    timed = run(images)
+    own_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or own_threads)
+    try:
+        run(images.subset(min(len(images), config.batch_size)))  # warm-up: allocations, kernels
+        timed = run(images)
+    finally:
+        torch.set_num_threads(own_threads)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
     del state, detector
     if device.type == "cuda":
         torch.cuda.empty_cache()
     step = timed["seconds"] / max(1, timed["steps"])
-    return Probe(step, torch.get_num_threads(), int(peak), time.monotonic() - start)
+    return Probe(step, threads or own_threads, int(peak), time.monotonic() - start)
 
 
 def gpu_share(peak_bytes: int, total_bytes: int | None, trials: int, gpus: float) -> float:
@@ -217,6 +226,11 @@ class SearchPlan:
         needed_seconds: the search budget that would run every asked trial (None: all run);
             ``fit`` turns it into a ``time_limit``.
         floor_steps: the fidelity floor the plan applied (steps a trial needs to be ranked).
+        alone_step_seconds: on CPUs, the default's seconds per step alone on the whole machine
+            (None when not compared with its slot's).
+        not_run_reason: why the trials not run were left out: "budget" (each would get under
+            ``floor_steps``) or "shared CPUs" (running them would slow the default's slot below
+            :data:`DEFAULT_SPEED_KEPT` of its speed alone); the leaderboard's detail for them.
     """
 
     asked: int
@@ -231,11 +245,25 @@ class SearchPlan:
     needed_seconds: float | None = None
     floor_steps: int = FIDELITY_FLOOR_STEPS
     workers_per_trial: int = 1
+    alone_step_seconds: float | None = None
+    not_run_reason: str = "budget"
 
     @property
     def not_run(self) -> int:
         """Trials the budget does not carry (shown as ``not run`` with detail ``budget``)."""
         return self.asked - self.num_run
+
+    def why_not_run(self, needed_time_limit: float | None = None) -> str:
+        """Why the trials not run were left out, in a clause (with the ``time_limit`` that would
+        run them all, when the budget is the reason and the caller knows it)."""
+        if self.not_run_reason == "shared CPUs":
+            lost = 1 - self.alone_step_seconds / self.step_seconds
+            return (f"on {self.cpus_per_trial:g} CPU each a step would take {self.step_seconds:.2f} s against "
+                    f"{self.alone_step_seconds:.2f} s for the default alone on every core: trials beside it would "
+                    f"cost it {lost:.0%} of its steps; pass cpus_per_trial to share the cores anyway")
+        why = f"each would get under {self.floor_steps} steps, too few to rank it"
+        return why if needed_time_limit is None else \
+            f"{why}; time_limit >= {needed_time_limit:.0f} s would run all {self.asked}"
 
     def describe(self, needed_time_limit: float | None = None, in_process: bool = False) -> str:
         """A few lines for the user: what runs, where, for how long, and what does not
@@ -254,15 +282,13 @@ class SearchPlan:
                              f"others (portfolio first, then samples) about {self.trial_seconds:.0f} s each"
                              + (f" (~{self.trial_steps} steps)" if self.trial_steps else ""))
         if self.not_run:
-            lines.append(f"  not run (budget): {self.not_run} (each would get under {self.floor_steps} steps, too few "
-                         f"to rank it)" + ("" if needed_time_limit is None else
-                                           f"; time_limit >= {needed_time_limit:.0f} s would run all {self.asked}"))
+            lines.append(f"  not run ({self.not_run_reason}): {self.not_run} ({self.why_not_run(needed_time_limit)})")
         return "\n".join(lines)
 
 
 def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: float, gpus_per_trial: float,
               step_seconds: float | None, *, max_steps: int | None = None, overhead: float = SEARCH_OVERHEAD_S,
-              floor_steps: int | None = None) -> SearchPlan:
+              floor_steps: int | None = None, alone_step_seconds: float | None = None) -> SearchPlan:
     """The plan for ``asked`` trials in ``seconds`` on ``slots`` parallel slots.
 
     The default trial keeps one slot for the whole time (with a single slot, at least half of
@@ -271,7 +297,9 @@ def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: flo
     are not run. Without a step time (a grid, a resumed search) every asked trial runs with an
     equal share; without a budget, trained by epochs as before. ``floor_steps`` defaults to
     :data:`FIDELITY_FLOOR_STEPS`; a trial capped at ``max_steps`` (the user's ``epochs``) needs
-    no more than those.
+    no more than those. With ``alone_step_seconds`` (CPU trials, the default's step alone on
+    the whole machine) and several slots, the default trains alone when its slot would keep
+    less than :data:`DEFAULT_SPEED_KEPT` of that speed: then the cores are worth more to it.
     """
     floor_steps = FIDELITY_FLOOR_STEPS if floor_steps is None else floor_steps
     floor_steps = floor_steps if max_steps is None else max(1, min(floor_steps, max_steps))
@@ -286,6 +314,9 @@ def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: flo
     floor_seconds = floor_steps * step_seconds * 1.1  # + validations
     if asked == 1:
         return SearchPlan(1, 1, 1, default_seconds=usable, step_seconds=step_seconds, **resources)
+    if alone_step_seconds is not None and slots >= 2 and alone_step_seconds < DEFAULT_SPEED_KEPT * step_seconds:
+        return SearchPlan(asked, 1, 1, default_seconds=usable, step_seconds=step_seconds,
+                          alone_step_seconds=alone_step_seconds, not_run_reason="shared CPUs", **resources)
     if slots >= 2:
         others = min(asked - 1, int((slots - 1) * usable // floor_seconds))
         default_seconds = usable
@@ -306,13 +337,10 @@ def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: flo
                       needed_seconds=needed, **resources)
 
 
-def trial_step_seconds(measured: Probe, cpus_per_trial: float, gpus_per_trial: float) -> float:
-    """A trial's seconds per step from the probe's: slower on fewer CPU threads than the probe
-    had; on a shared GPU, as if the trials sharing it took turns (a pessimistic bound)."""
-    if gpus_per_trial > 0:
-        return measured.step_seconds / min(1.0, gpus_per_trial)
-    halvings = math.log2(max(1.0, measured.threads / max(1.0, cpus_per_trial)))
-    return measured.step_seconds * THREAD_SPEEDUP ** halvings
+def trial_step_seconds(measured: Probe, gpus_per_trial: float) -> float:
+    """A trial's seconds per step from the probe's: on a shared GPU, as if the trials sharing it
+    took turns (a pessimistic bound); on CPUs, the probe's (made on the trial's threads)."""
+    return measured.step_seconds / min(1.0, gpus_per_trial) if gpus_per_trial > 0 else measured.step_seconds
 
 
 @dataclass(frozen=True)
@@ -361,16 +389,23 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
         plan = make_plan(asked, None if budget is None else budget.remaining(), slots, cpus, gpus, None)
     else:
         default = request.base.replace(**(request.points[0] if request.points else {}))
-        measured = probe(default, train, torch.device("cuda" if gpus > 0 else "cpu"))
-        log.info("probe: %.3f s per step of %s at batch %d (%.1f s)", measured.step_seconds, default.model,
-                 default.batch_size, measured.seconds)
+        device = torch.device("cuda" if gpus > 0 else "cpu")
+        measured = probe(default, train, device)
+        log.info("probe: %.3f s per step of %s at batch %d on %d threads (%.1f s)", measured.step_seconds,
+                 default.model, default.batch_size, measured.threads, measured.seconds)
         if request.gpus_per_trial is None and gpus > 0:  # the GPU fraction the probe's memory allows
             share = gpu_share(measured.peak_gpu_bytes, hardware.gpu_memory, asked, hardware.gpus)
             cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
+        alone = None
+        if gpus == 0 and max(1, int(cpus)) < measured.threads:  # a CPU trial's slot has fewer threads: time it
+            mine = request.cpus_per_trial is None and request.ray_address is None  # the plan's own choice, here
+            alone = measured.step_seconds if mine else None
+            measured = probe(default, train, device, threads=max(1, int(cpus)))
+            log.info("probe: %.3f s per step on a trial's %d threads", measured.step_seconds, measured.threads)
         capped = None if request.base.epochs is None else \
             request.base.epochs * math.ceil(len(train) / request.base.batch_size)
-        plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, cpus, gpus),
-                         max_steps=capped)
+        plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, gpus),
+                         max_steps=capped, alone_step_seconds=alone)
     return dataclasses.replace(plan, workers_per_trial=request.workers_per_trial)
 
 

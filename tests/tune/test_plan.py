@@ -82,10 +82,57 @@ def test_resources_and_step_time_per_trial():
     # A 4 GB trial on an 80 GB GPU: four per GPU when four or more trials are asked; alone otherwise.
     assert gpu_share(4 * 2**30, 80 * 2**30, 8, 1) == 0.25 and gpu_share(4 * 2**30, 80 * 2**30, 1, 1) == 1.0
     assert gpu_share(30 * 2**30, 80 * 2**30, 8, 1) == 1.0  # too big to share
-    measured = Probe(step_seconds=0.2, threads=2)
-    assert trial_step_seconds(measured, 1.0, 0.0) == pytest.approx(0.28)  # one thread of the probe's two
-    assert trial_step_seconds(measured, 2.0, 0.0) == pytest.approx(0.2)
-    assert trial_step_seconds(measured, 4.0, 0.25) == pytest.approx(0.8)  # four trials taking turns
+    measured = Probe(step_seconds=0.2, threads=1)
+    assert trial_step_seconds(measured, 0.0) == pytest.approx(0.2)  # a CPU trial: probed on its own threads
+    assert trial_step_seconds(measured, 0.25) == pytest.approx(0.8)  # four trials taking turns on a GPU
+
+
+def test_on_shared_cpus_the_default_trains_alone_unless_its_slot_keeps_its_speed():
+    # A budget that carries 3 others (1500 steps of 0.3 s on a 1-CPU slot), but one thread of two
+    # runs at 0.15 / 0.3 = half the default's speed alone: the default alone, for the whole time.
+    plan = make_plan(4, 3000, 2, 1.0, 0.0, 0.3, floor_steps=1500, alone_step_seconds=0.15)
+    assert (plan.num_run, plan.not_run, plan.concurrency, plan.not_run_reason) == (1, 3, 1, "shared CPUs")
+    assert plan.default_seconds == pytest.approx(2990) and plan.needed_seconds is None
+    text = plan.describe(in_process=True)
+    assert "not run (shared CPUs): 3" in text and "0.30 s against 0.15 s" in text and "cpus_per_trial" in text
+    # A slot that keeps 95 % of the speed alone (many cores): the search runs as the budget allows.
+    wide = make_plan(4, 3000, 2, 1.0, 0.0, 0.3, floor_steps=1500, alone_step_seconds=0.285)
+    assert wide.num_run == 4 and wide.not_run_reason == "budget"
+    assert make_plan(4, 3000, 2, 1.0, 0.0, 0.3, floor_steps=1500).num_run == 4  # not compared: the budget decides
+
+
+def test_the_plan_times_a_cpu_trial_on_its_own_threads_and_respects_cpus_per_trial(datasets_dir, tmp_path,
+                                                                                   monkeypatch):
+    from detect_automl.tune import plan as plan_module
+    from detect_automl.tune.plan import SearchRequest, plan_search
+
+    calls = []
+
+    def fake_probe(config, train, device, steps=3, threads=None):
+        calls.append(threads)
+        return Probe(step_seconds=0.3 if threads == 1 else 0.15, threads=threads or 2)
+
+    monkeypatch.setattr(plan_module, "probe", fake_probe)
+    monkeypatch.setattr(plan_module, "_hardware", lambda address: Hardware(cpus=2, gpus=0))
+    train = da.Dataset(datasets_dir / "raccoon", split="train")
+    base = TrainConfig(pretrained=None, epochs=None)
+
+    def request(cpus_per_trial):
+        return SearchRequest(base, {}, [{}], 4, 0, cpus_per_trial, None, "random", 0, False, tmp_path, False)
+
+    plan = plan_search(request(None), train, Budget.from_seconds(3000))
+    assert calls == [None, 1]  # the whole machine, then a trial's one thread
+    assert (plan.num_run, plan.not_run_reason, plan.alone_step_seconds) == (1, "shared CPUs", 0.15)
+    calls.clear()
+    chosen = plan_search(request(1), train, Budget.from_seconds(3000))  # the user's choice: share the cores
+    assert calls == [None, 1] and chosen.num_run == 4 and chosen.step_seconds == pytest.approx(0.3)
+
+
+def test_the_probe_runs_on_the_threads_it_is_given_and_gives_them_back(datasets_dir):
+    train = da.Dataset(datasets_dir / "raccoon", split="train").subset(4)
+    own = torch.get_num_threads()
+    measured = probe(TrainConfig(pretrained=None, batch_size=2), train, torch.device("cpu"), steps=1, threads=1)
+    assert measured.threads == 1 and torch.get_num_threads() == own
 
 
 def test_the_probe_times_real_training_steps(datasets_dir):
