@@ -164,8 +164,8 @@ class Probe:
 
 def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int = 3,
           threads: int | None = None) -> Probe:
-    """Time ``steps`` training steps of ``config`` on ``train``'s first images (after one warm-up
-    step), with the real decoding and augmentation; a few seconds on a CPU for SSDlite. On
+    """Time ``steps`` training steps of ``config`` on ``train``'s first images (after a warm-up
+    pass over them), with the real decoding and augmentation; a few seconds on a CPU for SSDlite. On
     ``threads`` torch threads when given (a CPU trial's slot), else on this process's."""
     from ..data.loader import make_loader
     from ..engine.state import TrainState
@@ -189,7 +189,9 @@ def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int 
     own_threads = torch.get_num_threads()
     torch.set_num_threads(threads or own_threads)
     try:
-        run(images.subset(min(len(images), config.batch_size)))  # warm-up: allocations, kernels
+        # Warm-up on the very images then timed: allocations, kernels and the file cache, so that two
+        # probes (the whole machine, a trial's threads) compare steps, not a cold start with a warm one.
+        run(images)
         timed = run(images)
     finally:
         torch.set_num_threads(own_threads)
