@@ -228,11 +228,8 @@ class SearchPlan:
         needed_seconds: the search budget that would run every asked trial (None: all run);
             ``fit`` turns it into a ``time_limit``.
         floor_steps: the fidelity floor the plan applied (steps a trial needs to be ranked).
-        alone_step_seconds: on CPUs, the default's seconds per step alone on the whole machine
-            (None when not compared with its slot's).
-        not_run_reason: why the trials not run were left out: "budget" (each would get under
-            ``floor_steps``) or "shared CPUs" (running them would slow the default's slot below
-            :data:`DEFAULT_SPEED_KEPT` of its speed alone); the leaderboard's detail for them.
+        alone_step_seconds: set only when the default trains alone because trials beside it
+            would share its CPUs: its seconds per step alone on the whole machine.
     """
 
     asked: int
@@ -248,17 +245,23 @@ class SearchPlan:
     floor_steps: int = FIDELITY_FLOOR_STEPS
     workers_per_trial: int = 1
     alone_step_seconds: float | None = None
-    not_run_reason: str = "budget"
 
     @property
     def not_run(self) -> int:
-        """Trials the budget does not carry (shown as ``not run`` with detail ``budget``)."""
+        """Trials the plan does not run (shown as ``not run``, with :attr:`not_run_reason` as detail)."""
         return self.asked - self.num_run
+
+    @property
+    def not_run_reason(self) -> str:
+        """Why the trials not run were left out: "budget" (each would get under ``floor_steps``)
+        or "shared CPUs" (beside the default they would slow its slot below
+        :data:`DEFAULT_SPEED_KEPT` of its speed alone)."""
+        return "budget" if self.alone_step_seconds is None else "shared CPUs"
 
     def why_not_run(self, needed_time_limit: float | None = None) -> str:
         """Why the trials not run were left out, in a clause (with the ``time_limit`` that would
         run them all, when the budget is the reason and the caller knows it)."""
-        if self.not_run_reason == "shared CPUs":
+        if self.alone_step_seconds is not None:
             lost = 1 - self.alone_step_seconds / self.step_seconds
             return (f"on {self.cpus_per_trial:g} CPU each a step would take {self.step_seconds:.2f} s against "
                     f"{self.alone_step_seconds:.2f} s for the default alone on every core: trials beside it would "
@@ -318,7 +321,7 @@ def make_plan(asked: int, seconds: float | None, slots: int, cpus_per_trial: flo
         return SearchPlan(1, 1, 1, default_seconds=usable, step_seconds=step_seconds, **resources)
     if alone_step_seconds is not None and slots >= 2 and alone_step_seconds < DEFAULT_SPEED_KEPT * step_seconds:
         return SearchPlan(asked, 1, 1, default_seconds=usable, step_seconds=step_seconds,
-                          alone_step_seconds=alone_step_seconds, not_run_reason="shared CPUs", **resources)
+                          alone_step_seconds=alone_step_seconds, **resources)
     if slots >= 2:
         others = min(asked - 1, int((slots - 1) * usable // floor_seconds))
         default_seconds = usable
@@ -399,11 +402,13 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
             share = gpu_share(measured.peak_gpu_bytes, hardware.gpu_memory, asked, hardware.gpus)
             cpus, gpus, slots = trial_resources(hardware, None, request.cpus_per_trial, share)
         alone = None
-        if gpus == 0 and max(1, int(cpus)) < measured.threads:  # a CPU trial's slot has fewer threads: time it
+        slot_threads = max(1, int(cpus))
+        if gpus == 0 and slot_threads < measured.threads:  # a CPU trial's slot has fewer threads: time it
             mine = request.cpus_per_trial is None and request.ray_address is None  # the plan's own choice, here
             alone = measured.step_seconds if mine else None
-            measured = probe(default, train, device, threads=max(1, int(cpus)))
-            log.info("probe: %.3f s per step on a trial's %d threads", measured.step_seconds, measured.threads)
+            measured = probe(default, train, device, threads=slot_threads)
+            log.info("probe: %.3f s per step on a trial's slot of %d thread(s)", measured.step_seconds,
+                     measured.threads)
         capped = None if request.base.epochs is None else \
             request.base.epochs * math.ceil(len(train) / request.base.batch_size)
         plan = make_plan(asked, budget.remaining(), slots, cpus, gpus, trial_step_seconds(measured, gpus),
