@@ -64,7 +64,8 @@ def main() -> None:
             decode_tv, decode_ours = _decoding_shift(detector, codes, anchors, dtype)
             shift = _median_shift(reference, _detect(detector, images, dtype), args.top)
         rows.append([name, step, decode_tv, decode_ours, shift])
-        figures[name] = {"train_step_s": step, "decode_max_px_torchvision": decode_tv, "decode_max_px_ours": decode_ours,
+        figures[name] = {"train_step_s": step, "decode_max_px_torchvision": decode_tv,
+                         "decode_max_px_ours": decode_ours,
                          "detections_median_shift_px": shift}
     print(f"AMP on {args.model}, batch {args.batch}: step time and box shifts against fp32")
     print(environment(args, device))

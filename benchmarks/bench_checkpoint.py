@@ -28,12 +28,13 @@ from detect_automl.models import build  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["ssdlite320_mobilenet_v3_large",
-                                                        "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn_v2"])
+    parser.add_argument("--models", nargs="+", default=[
+        "ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnet50_fpn_v2"])
     args = parser.parse_args()
     rows = []
     for name in args.models:
-        state = TrainState(build(name, 3, pretrained=None), TrainConfig(model=name, pretrained=None), torch.device("cpu"))
+        config = TrainConfig(model=name, pretrained=None)
+        state = TrainState(build(name, 3, pretrained=None), config, torch.device("cpu"))
         _take_one_step(state)
         weights = _size(state.kept.state_dict())
         with tempfile.TemporaryDirectory() as directory:

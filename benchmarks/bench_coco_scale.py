@@ -169,7 +169,8 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, default=TRAIN2017_BOXES, help="mean total boxes (default: %(default)s)")
     parser.add_argument("--no-polygons", dest="polygons", action="store_false", help="leave out segmentation")
     parser.add_argument("--only", nargs="+", choices=MEASURES, default=list(MEASURES))
-    parser.add_argument("--loader-images", type=int, default=2000, help="records per loader epoch (default: %(default)s)")
+    parser.add_argument("--loader-images", type=int, default=2000,
+                        help="records per loader epoch (default: %(default)s)")
     parser.add_argument("--label", default="", help="a note for the CSV (e.g. the commit measured)")
     parser.add_argument("--measure", choices=MEASURES, help=argparse.SUPPRESS)  # the child process's job
     parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
@@ -202,7 +203,8 @@ def main() -> None:
         if new:
             writer.writeheader()
         for row in rows:
-            writer.writerow({"date": date.today().isoformat(), "machine": f"{os.cpu_count()} cores {platform.machine()}",
+            writer.writerow({"date": date.today().isoformat(),
+                             "machine": f"{os.cpu_count()} cores {platform.machine()}",
                              "images": args.images, "boxes": args.boxes, "polygons": args.polygons,
                              "json_mb": round(json_path.stat().st_size / 2**20), "label": args.label,
                              "measure": row["measure"], "figure": row["figure"], "value": round(row["value"], 3)})

@@ -39,7 +39,8 @@ def main() -> None:
     args = parser.parse_args()
 
     train = da.Dataset(args.data, split="train").subset(args.images)
-    val = da.Dataset(args.data, split="val" if (args.data / "ImageSets" / "Main" / "val.txt").exists() else "test").subset(8)
+    val_split = "val" if (args.data / "ImageSets" / "Main" / "val.txt").exists() else "test"
+    val = da.Dataset(args.data, split=val_split).subset(8)
     rows = []
     for workers in args.workers:
         start = time.time()

@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=4, help="default: %(default)s")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per side, alternating (default: 8 on CPU, 16 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per side first (default: 3 on CPU, 10 on CUDA)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed steps per side first (default: 3 on CPU, 10 on CUDA)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW lr, both sides (default: %(default)s)")
     p.add_argument("--amp", action="store_true", help="torch.autocast bfloat16 on CUDA, both sides (ignored on CPU)")
     p.add_argument("--with-fit-extras", action="store_true",
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
     print(table(["side", "median s/step", "min s/step", "max s/step", "overhead (paired median)", "paired range",
                  "first-step loss"],
                 rows))
-    print("per-run s/step: " + "; ".join(f"{n}: " + ", ".join(f"{v:.4f}" for v in vals) for n, vals in per_step.items()))
+    print("per-run s/step: " + "; ".join(f"{n}: " + ", ".join(f"{v:.4f}" for v in vals)
+                                         for n, vals in per_step.items()))
     return 0
 
 

@@ -130,7 +130,8 @@ def fit(
     gpu = torch.cuda.is_available() if gpus_per_trial is None else gpus_per_trial > 0
     base, space, tuning = _configure(presets, gpu, dict(hyperparameters or {}), dict(search_space or {}), time_limit,
                                      seed, searching)
-    output = Path(output_dir) if output_dir is not None else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}"
+    output = (Path(output_dir) if output_dir is not None
+              else Path("runs") / f"detect_automl-{datetime.now():%Y%m%d-%H%M%S}")
     total = None if time_limit is None else Budget.from_seconds(time_limit, start)
     if not searching:
         device = torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
@@ -284,13 +285,15 @@ def _search(train: Dataset, val: Dataset, request: SearchRequest, total: Budget 
     if in_process:
         config = request.base.replace(**request.points[0])
         device = torch.device("cuda" if plan.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-        return _train_one(train, val, config, device, _minus(total, wrap_up_seconds(time_limit, False)), request.progress,
+        deadline = _minus(total, wrap_up_seconds(time_limit, False))
+        return _train_one(train, val, config, device, deadline, request.progress,
                           _run_logger(request.loggers, request.output, config), not_run=_not_run_rows(request, plan))
     outcome = run_search(train, val, request, plan, budget)
     if outcome.best_state is None:
         reasons = "\n".join(f"  trial {row.trial_id} ({row.model}): {row.status}: {row.detail}"
                             for row in outcome.leaderboard.itertuples())
-        raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n{reasons or '  none ran'}")
+        raise SearchError(f"no trial produced a model (trials in {outcome.experiment_path}):\n"
+                          f"{reasons or '  none ran'}")
     if outcome.interrupted:
         log.warning("the search was interrupted: the best finished trial is saved to %s; continue the search "
                     "with fit(..., output_dir=%r, resume=True)", request.output / "model", str(request.output))

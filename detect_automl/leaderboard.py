@@ -67,7 +67,8 @@ def leaderboard_row(trial_id: str, config: dict, history: list[dict], seconds: f
     best = max(scored, key=lambda r: (r["val_map"], r.get("val_map_50") or 0.0), default={})
     hyper = {("max_epochs" if k == "epochs" else k): v for k, v in config.items() if k != "model"}
     return {"trial_id": str(trial_id), "model": config["model"], "val_map": best.get("val_map"),
-            "val_map_50": best.get("val_map_50"), "epochs": int(history[-1]["epoch"]) if history else 0, "seconds": round(float(seconds), 1),
+            "val_map_50": best.get("val_map_50"), "epochs": int(history[-1]["epoch"]) if history else 0,
+            "seconds": round(float(seconds), 1),
             "status": TrialStatus(status).value, "detail": detail, **hyper}
 
 

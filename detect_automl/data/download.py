@@ -288,7 +288,8 @@ def _write_subset(full: Path, names: list[str], work: Path) -> Path:
     return work
 
 
-def _keep_classes(classes: list[str], records: list[ImageRecord], names: list[str]) -> tuple[list[str], list[ImageRecord]]:
+def _keep_classes(classes: list[str], records: list[ImageRecord],
+                  names: list[str]) -> tuple[list[str], list[ImageRecord]]:
     """Only the boxes of ``names`` (re-indexed, in ``classes`` order) and the records that keep a box.
 
     The other categories' boxes are selected away here, not dropped by ``with_classes``: they are

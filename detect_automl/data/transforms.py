@@ -80,7 +80,8 @@ class _Albumentations:
         """Reset the random state (used per DataLoader worker)."""
         self.pipeline.set_random_seed(seed)
 
-    def __call__(self, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, boxes: np.ndarray,
+                 labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         out = self.pipeline(
             image=image,
             bboxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),

@@ -46,7 +46,9 @@ class Replicas:
         buffers, such as BatchNorm statistics, broadcast at each forward), or itself alone."""
         if not self.parallel:
             return model
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+        ids = None
+        if device.type == "cuda":
+            ids = [device.index if device.index is not None else torch.cuda.current_device()]
         return DistributedDataParallel(model, device_ids=ids)
 
     def follow(self, stop: bool, lr_factor: float, device: torch.device) -> tuple[bool, float]:

@@ -196,7 +196,7 @@ def probe(config: TrainConfig, train: Dataset, device: torch.device, steps: int 
     finally:
         torch.set_num_threads(own_threads)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    del state, detector
+    state = detector = None  # free the model before empty_cache (run() holds them too)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     step = timed["seconds"] / max(1, timed["steps"])

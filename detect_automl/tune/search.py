@@ -228,8 +228,9 @@ def _check_same_search(file: Path, signature: dict) -> None:
     changed += [f"hyperparameter {k!r}" for k in sorted(set(before.get("fixed", {})) | set(signature["fixed"]))
                 if before.get("fixed", {}).get(k) != signature["fixed"].get(k)]
     if changed:
+        asked = json.dumps({k: before.get(k) for k in ("num_trials", "space")})
         raise SearchError(f"resume=True continues the search in {file.parent} as it was asked; these differ now: "
-                          f"{', '.join(changed)} (before: {json.dumps({k: before.get(k) for k in ('num_trials', 'space')})}). "
+                          f"{', '.join(changed)} (before: {asked}). "
                           "Ask the same again to resume it, or start a new search in another output_dir.")
 
 

@@ -149,7 +149,8 @@ def train_trial(
     node, device = context.get_node_id(), trial_device()
 
     def report(record: dict, state: TrainState) -> None:
-        report_epoch(record, state, node, device, lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
+        report_epoch(record, state, node, device,
+                     lambda metrics, checkpoint: tune.report(metrics, checkpoint=checkpoint))
 
     run_trial(config, train_data, val_data, device=device, cpus=context.get_assigned_resources().get("CPU"),
               budget=own, on_epoch=report, resume=resume, progress=False)

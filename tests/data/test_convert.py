@@ -77,4 +77,5 @@ def test_bad_target_or_the_source_folder_as_output(datasets_dir):
     with pytest.raises(InputError, match="is the folder of the source dataset"):
         convert(raccoon, "voc", raccoon)
     with pytest.raises(InputError, match="is the folder of the source dataset"):
-        convert(datasets_dir / "fruits_nuts" / "annotations" / "instances_val.json", "coco", datasets_dir / "fruits_nuts")
+        convert(datasets_dir / "fruits_nuts" / "annotations" / "instances_val.json", "coco",
+                datasets_dir / "fruits_nuts")

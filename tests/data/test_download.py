@@ -23,7 +23,8 @@ COMMIT = "142200ebe97be62981248aa0ffeb7c82f4def95d"
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files`` with HTTP Range support (unless ``server.ignore_range``) and logs ``(path, Range header)`` per request."""
+    """Serves ``server.files`` with HTTP Range support (unless ``server.ignore_range``) and logs
+    ``(path, Range header)`` per request."""
 
     def do_GET(self) -> None:
         self.server.requests.append((self.path, self.headers.get("Range")))
@@ -174,7 +175,8 @@ def test_download_failure_says_how_to_fetch_by_hand(server, monkeypatch, tmp_pat
     body = _tar(_voc_members(datasets_dir / "raccoon", "2012", {"trainval": ["raccoon-1"]}))
     port = _closed_port() if failure == "offline" else server.server_port
     url = f"http://127.0.0.1:{port}/missing.tar"
-    monkeypatch.setitem(download.ARCHIVES, "voc2012", (Archive(url, "voc.tar", f"md5:{hashlib.md5(body).hexdigest()}"),))
+    archive = Archive(url, "voc.tar", f"md5:{hashlib.md5(body).hexdigest()}")
+    monkeypatch.setitem(download.ARCHIVES, "voc2012", (archive,))
 
     with pytest.raises(DatasetError) as info:
         download_dataset("voc2012", tmp_path)

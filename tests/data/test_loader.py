@@ -133,7 +133,8 @@ def test_train_transforms_keep_size_and_boxes_inside(raccoon_image):
         out, new_boxes, new_labels = tf(image, boxes, labels)
         assert out.shape == image.shape and out.dtype == np.uint8  # no resizing: the model owns it
         assert new_boxes.dtype == np.float32 and len(new_boxes) == len(new_labels)
-        assert (new_boxes >= 0).all() and (new_boxes[:, [0, 2]] <= width).all() and (new_boxes[:, [1, 3]] <= height).all()
+        assert (new_boxes >= 0).all()
+        assert (new_boxes[:, [0, 2]] <= width).all() and (new_boxes[:, [1, 3]] <= height).all()
         assert (new_boxes[:, 2:] - new_boxes[:, :2] >= 1).all()
         changed += not np.array_equal(new_boxes, boxes)
     assert changed > 10  # strength 1 moves boxes most of the time

@@ -83,8 +83,8 @@ def test_two_gloo_workers_train_identical_replicas_on_halves_of_each_epoch(data,
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        TorchTrainer(_replica, train_loop_config={"config": config.to_dict(), "data": (train, val), "out": str(tmp_path),
-                                                    "seconds": 9.0},
+        TorchTrainer(_replica, train_loop_config={"config": config.to_dict(), "data": (train, val),
+                                                    "out": str(tmp_path), "seconds": 9.0},
                      scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
                      run_config=ray.train.RunConfig(storage_path=str(tmp_path / "runs"))).fit()
     finally:
