@@ -80,7 +80,8 @@ def fit(
         hyperparameters: fixed values (any TrainConfig field), never searched.
         gpus_per_trial: GPUs per trial (fractions such as 0.25 share a GPU); default 1 with
             GPUs, else 0.
-        cpus_per_trial: CPUs per trial; default 1 on CPU-only machines, else CPUs / GPU slots.
+        cpus_per_trial: CPUs per trial; default CPUs / trials on a CPU-only machine (1 per trial on
+            a cluster of CPU nodes), else CPUs / GPU slots.
             Left to the plan on a CPU-only machine, the default trains alone when sharing the
             cores would slow it (docs/search.md, "The plan"); given, the trials share them.
         ray_address: address of an existing Ray cluster (its nodes must see the images and

@@ -129,11 +129,13 @@ def trial_workers(workers_per_trial: int | None, gpus_per_trial: float | None,
 
 
 def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_trial: float | None,
-                    gpu_share: float = 1.0) -> tuple[float, float, int]:
+                    gpu_share: float = 1.0, trials: int = 1) -> tuple[float, float, int]:
     """(CPUs, GPUs) per trial and how many trials run at once, checked against ``hardware``.
 
     ``gpus_per_trial=None`` on a machine with GPUs takes ``gpu_share`` (the plan's fraction from
-    the probe's memory); CPUs default to an even split per GPU slot, or 1 per trial without GPUs.
+    the probe's memory); CPUs default to an even split per GPU slot. Without GPUs, one machine's
+    CPUs split evenly over the ``trials`` asked (8 cores, 2 trials: 4 each, none idle); on a
+    cluster of several nodes (whose sizes may differ) each trial takes 1.
     """
     gpus = (gpu_share if hardware.gpus >= 1 else 0.0) if gpus_per_trial is None else float(gpus_per_trial)
     if gpus < 0 or (gpus > 1 and gpus != int(gpus)):
@@ -145,8 +147,11 @@ def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_t
     if gpus > 0:
         slots = max_concurrent_trials(10**6, hardware.gpus, 0, gpus, per_node)
         cpus = max(1.0, math.floor(hardware.cpus / max(1, slots))) if cpus_per_trial is None else float(cpus_per_trial)
+    elif cpus_per_trial is None:
+        one_node = len(hardware.gpus_per_node) <= 1
+        cpus = float(max(1, math.floor(hardware.cpus / max(1, min(trials, hardware.cpus))))) if one_node else 1.0
     else:
-        cpus = 1.0 if cpus_per_trial is None else float(cpus_per_trial)
+        cpus = float(cpus_per_trial)
     if cpus > hardware.cpus:
         raise SearchError(f"cpus_per_trial={cpus:g} but the Ray cluster has {hardware.cpus:g} CPUs")
     return cpus, gpus, max(1, max_concurrent_trials(hardware.cpus, hardware.gpus, cpus, gpus, per_node))
@@ -387,7 +392,7 @@ def plan_search(request: SearchRequest, train: Dataset, budget: Budget | None) -
     """
     hardware = _hardware(request.ray_address)
     asked = request.num_trials * request.grid
-    cpus, gpus, slots = trial_resources(hardware, request.gpus_per_trial, request.cpus_per_trial)  # checks them
+    cpus, gpus, slots = trial_resources(hardware, request.gpus_per_trial, request.cpus_per_trial, trials=asked)
     probed = budget is not None and asked > 1 and not request.resume and request.grid == 1 \
         and (gpus == 0 or torch.cuda.is_available())
     if not probed:

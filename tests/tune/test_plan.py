@@ -72,8 +72,17 @@ def test_capped_trials_need_only_their_epochs_and_no_budget_runs_everything():
 
 def test_resources_and_step_time_per_trial():
     cpu_box = Hardware(cpus=2, gpus=0)
-    assert trial_resources(cpu_box, None, None) == (1.0, 0.0, 2)
+    assert trial_resources(cpu_box, None, None, trials=2) == (1.0, 0.0, 2)
+    assert trial_resources(cpu_box, None, None) == (2.0, 0.0, 1)  # one trial: the whole machine
     assert trial_resources(cpu_box, None, 2) == (2.0, 0.0, 1)
+    # One CPU machine's cores split evenly over the trials asked, so none sits idle; a cluster's
+    # nodes may differ in size, so there each trial takes 1.
+    eight = Hardware(cpus=8, gpus=0)
+    assert trial_resources(eight, None, None, trials=2) == (4.0, 0.0, 2)
+    assert trial_resources(eight, None, None, trials=3) == (2.0, 0.0, 4)
+    assert trial_resources(eight, None, None, trials=20) == (1.0, 0.0, 8)
+    assert trial_resources(eight, None, 1, trials=2) == (1.0, 0.0, 8)  # the user's choice stands
+    assert trial_resources(Hardware(cpus=8, gpus=0, gpus_per_node=(0.0, 0.0)), None, None, trials=2) == (1.0, 0.0, 8)
     gpu_box = Hardware(cpus=16, gpus=1, gpus_per_node=(1.0,), gpu_memory=80 * 2**30)
     assert trial_resources(gpu_box, None, None, gpu_share=0.25) == (4.0, 0.25, 4)
     assert trial_resources(gpu_box, 1, None) == (16.0, 1.0, 1)
@@ -126,6 +135,13 @@ def test_the_plan_times_a_cpu_trial_on_its_own_threads_and_respects_cpus_per_tri
     calls.clear()
     chosen = plan_search(request(1), train, Budget.from_seconds(3000))  # the user's choice: share the cores
     assert calls == [None, 1] and chosen.num_run == 4 and chosen.step_seconds == pytest.approx(0.3)
+    # 8 cores, 4 trials: 2 threads each, timed; a slot that keeps 95 % of the speed runs the search.
+    calls.clear()
+    monkeypatch.setattr(plan_module, "probe", lambda config, train, device, steps=3, threads=None: (
+        calls.append(threads) or Probe(step_seconds=0.1 if threads is None else 0.105, threads=threads or 8)))
+    monkeypatch.setattr(plan_module, "_hardware", lambda address: Hardware(cpus=8, gpus=0))
+    wide = plan_search(request(None), train, Budget.from_seconds(3000))
+    assert calls == [None, 2] and (wide.num_run, wide.concurrency, wide.cpus_per_trial) == (4, 4, 2.0)
 
 
 def test_the_probe_runs_on_the_threads_it_is_given_and_gives_them_back(datasets_dir):
