@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -276,20 +277,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file=None, line: str | None = None) -> None:
+    """A warning as a command shows it: ``warning: <message>`` on stderr, without Python's file,
+    line number and source line (they name our code, not the user's input)."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``detect-automl`` console script; returns the exit code."""
     from .errors import DetectAutoMLError
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return args.func(args)
-    except DetectAutoMLError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():  # gives the caller's showwarning back (a test, a notebook)
+        warnings.showwarning = _show_warning
+        try:
+            return args.func(args)
+        except DetectAutoMLError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pandas as pd
 from PIL import Image
 
 import detect_automl as da
+from detect_automl import cli
 from detect_automl.cli import main
 from detect_automl.config import TrainConfig
 from detect_automl.models import build
@@ -56,6 +58,22 @@ def test_fit_predict_evaluate(datasets_dir, tmp_path, capsys):
 
     assert main(["evaluate", str(out / "model"), str(data), "--split", "val"]) == 0
     assert "mAP@50" in capsys.readouterr().out
+
+
+def test_warnings_print_as_one_line_each_on_stderr(datasets_dir, tmp_path, capsys, monkeypatch):
+    import detect_automl.api
+
+    def warn_then_fail(*args, **kwargs):
+        warnings.warn("1 of the 2 trials asked run in time_limit=40 s", stacklevel=2)
+        raise da.SearchError("no trial produced a model")
+
+    monkeypatch.setattr(detect_automl.api, "fit", warn_then_fail)
+    code = main(["fit", str(datasets_dir / "raccoon"), "--split", "train", "--time-limit", "40",
+                 "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "warning: 1 of the 2 trials asked run in time_limit=40 s\n" in err
+    assert "UserWarning" not in err and "cli.py" not in err and "error: no trial produced a model" in err
+    assert warnings.showwarning is not cli._show_warning  # given back
 
 
 def test_errors_exit_2_with_a_message(datasets_dir, tmp_path, capsys):
