@@ -81,9 +81,10 @@ def single_run(args: argparse.Namespace) -> None:
                                               default=str))
 
 
-def run_key(dataset: str, time_limit: Any, num_trials: Any, seed: Any) -> tuple[str, float, int, int]:
-    """The identity of a matrix run, normalised so CSV strings and grid values compare equal."""
-    return dataset, float(time_limit), int(num_trials), int(seed)
+def run_key(dataset: str, time_limit: Any, num_trials: Any, seed: Any, fixed: str) -> tuple[str, float, int, int, str]:
+    """The identity of a matrix run, normalised so CSV strings and grid values compare equal;
+    ``fixed`` is the CSV's text of what was fixed (a run with ``--cpus-per-trial`` is another run)."""
+    return dataset, float(time_limit), int(num_trials), int(seed), fixed
 
 
 def int_list(text: str) -> list[int]:
@@ -102,10 +103,12 @@ def matrix(args: argparse.Namespace) -> None:
     grid = [(name, args.time_limit or GRID_TIME_LIMITS[name], n, seed)  # dataset-major, then seed, then trials
             for name in names for seed in int_list(args.seeds) for n in int_list(args.trials)]
     csv_path = Path(args.csv)
-    done = {run_key(r["dataset"], r["time_limit"], r["num_trials"], r["seed"]) for r in read_csv(csv_path)}
-    todo = [run for run in grid if run_key(*run) not in done]
+    fixed: dict[str, Any] = {"pretrained": None}  # fit's hyperparameters; the CSV adds a given cpus_per_trial
+    cpus = {} if args.cpus_per_trial is None else {"cpus_per_trial": args.cpus_per_trial}
+    fixed_json = json.dumps({**fixed, **cpus})
+    done = {run_key(r["dataset"], r["time_limit"], r["num_trials"], r["seed"], r["fixed"]) for r in read_csv(csv_path)}
+    todo = [run for run in grid if run_key(*run, fixed_json) not in done]
     print(f"{len(grid) - len(todo)} of {len(grid)} runs already in {csv_path}; {len(todo)} to go", flush=True)
-    fixed: dict[str, Any] = {"pretrained": None}
     for name, time_limit, num_trials, seed in todo[:args.max_runs]:
         output = Path(args.output) / f"{name}-T{time_limit:g}-n{num_trials}-s{seed}"
         shutil.rmtree(output, ignore_errors=True)  # a crashed earlier attempt starts afresh
@@ -119,8 +122,7 @@ def matrix(args: argparse.Namespace) -> None:
                "best_val_map": None if best_val is None else round(float(best_val), 4),
                "test_map": figures["test_map"], "test_map_50": figures["test_map_50"],
                "statuses": ";".join(str(s) for s in board["status"]), "load_avg": round(os.getloadavg()[0], 2),
-               "fixed": json.dumps({**fixed, **({} if args.cpus_per_trial is None else
-                                                {"cpus_per_trial": args.cpus_per_trial})})}
+               "fixed": fixed_json}
         append_csv(csv_path, CSV_FIELDS, [row])
         shutil.rmtree(output, ignore_errors=True)
         print(json.dumps(row), flush=True)
