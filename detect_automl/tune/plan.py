@@ -128,6 +128,11 @@ def trial_workers(workers_per_trial: int | None, gpus_per_trial: float | None,
     return workers, gpus, float(workers) if cpus_per_trial is None and gpus == 0 else cpus_per_trial
 
 
+def _even_share(cpus: float, parts: int) -> float:
+    """Whole CPUs per part when ``cpus`` split evenly over ``parts``, at least 1."""
+    return float(max(1, math.floor(cpus / max(1, parts))))
+
+
 def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_trial: float | None,
                     gpu_share: float = 1.0, trials: int = 1) -> tuple[float, float, int]:
     """(CPUs, GPUs) per trial and how many trials run at once, checked against ``hardware``.
@@ -144,14 +149,14 @@ def trial_resources(hardware: Hardware, gpus_per_trial: float | None, cpus_per_t
         raise SearchError(f"gpus_per_trial={gpus} but the Ray cluster has {hardware.gpus:g} GPUs: the trials would "
                           "wait forever; pass gpus_per_trial=0 to train on CPUs")
     per_node = list(hardware.gpus_per_node) or None
-    if gpus > 0:
-        slots = max_concurrent_trials(10**6, hardware.gpus, 0, gpus, per_node)
-        cpus = max(1.0, math.floor(hardware.cpus / max(1, slots))) if cpus_per_trial is None else float(cpus_per_trial)
-    elif cpus_per_trial is None:
-        one_node = len(hardware.gpus_per_node) <= 1
-        cpus = float(max(1, math.floor(hardware.cpus / max(1, min(trials, hardware.cpus))))) if one_node else 1.0
-    else:
+    if cpus_per_trial is not None:
         cpus = float(cpus_per_trial)
+    elif gpus > 0:  # an even split per GPU slot
+        cpus = _even_share(hardware.cpus, max_concurrent_trials(10**6, hardware.gpus, 0, gpus, per_node))
+    elif len(hardware.gpus_per_node) <= 1:  # one machine: an even split over the trials
+        cpus = _even_share(hardware.cpus, trials)
+    else:
+        cpus = 1.0
     if cpus > hardware.cpus:
         raise SearchError(f"cpus_per_trial={cpus:g} but the Ray cluster has {hardware.cpus:g} CPUs")
     return cpus, gpus, max(1, max_concurrent_trials(hardware.cpus, hardware.gpus, cpus, gpus, per_node))
